@@ -1,0 +1,46 @@
+# Two entry points: `make demo` (whole default experiment through Dagster) and `make test`.
+# Both create the virtualenv and install on first use.
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   := .venv
+PY     := $(VENV)/bin/python
+
+export CORPUSLAB_HOME ?= $(CURDIR)/.corpuslab
+export DAGSTER_HOME   ?= $(CORPUSLAB_HOME)/dagster
+export DS_ACCELERATOR ?= cpu
+export MLFLOW_TRACKING_URI ?= sqlite:///$(CORPUSLAB_HOME)/mlflow/mlflow.db
+
+.PHONY: install demo test lint ui mlflow corpus clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	# The CPU build of torch lies on disk; install it first so nothing pulls a CUDA build.
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $@
+
+install: $(VENV)/.installed
+
+corpus: install
+	$(PY) -m corpuslab.democorpus --out $(CORPUSLAB_HOME)/raw
+
+demo: install
+	$(PY) -m jobs.demo
+
+test: install
+	$(VENV)/bin/pytest -q
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+ui: install
+	mkdir -p $(DAGSTER_HOME)
+	$(VENV)/bin/dagster dev
+
+mlflow: install
+	$(VENV)/bin/mlflow ui --backend-store-uri $(MLFLOW_TRACKING_URI)
+
+clean:
+	rm -rf $(CORPUSLAB_HOME)

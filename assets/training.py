@@ -1,0 +1,212 @@
+"""Training and evaluation assets: a DeepSpeed run launched through Dagster Pipes, then eval."""
+
+import json
+import os
+import shutil
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+
+from assets.lm_stages import read_heldout
+from assets.stages import file_digest, read_json, write_json
+from corpuslab.config import REPO_ROOT, Experiment
+from resources import CorpuslabHome, MlflowTracking
+
+TRAIN_ENTRYPOINT = REPO_ROOT / "infra" / "entrypoints" / "train.py"
+
+
+def launch_command(ranks: int, spec_path: Path) -> list[str]:
+    """torchrun on this machine; a cluster launcher runs the same entry point with the same spec."""
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={ranks}",
+        str(TRAIN_ENTRYPOINT),
+        "--spec",
+        str(spec_path),
+    ]
+
+
+def run_params(exp: Experiment, run: str) -> dict[str, Any]:
+    """Flat MLflow params: recipe, mixture weights, model and optimization settings."""
+    rdecl = exp.runs[run]
+    mdecl = exp.mixtures[rdecl.mixture]
+    params: dict[str, Any] = {
+        "run": run,
+        "mixture": rdecl.mixture,
+        "recipe": mdecl.recipe,
+        "mixture.strategy": mdecl.strategy,
+        "mixture.token_budget": mdecl.token_budget,
+        "seq_len": mdecl.seq_len,
+        "deepspeed": rdecl.deepspeed,
+        "ranks": rdecl.ranks,
+        "tokenizer.vocab_size": mdecl.tokenizer.vocab_size,
+    }
+    params |= {f"model.{k}": v for k, v in rdecl.model.model_dump().items()}
+    params |= {f"train.{k}": v for k, v in rdecl.train.model_dump().items()}
+    return params
+
+
+def build_run_assets(
+    exp: Experiment, run: str, code_version: Callable[..., str]
+) -> list[dg.AssetsDefinition]:
+    rdecl = exp.runs[run]
+    mixture = rdecl.mixture
+    train_key = dg.AssetKey(["train", run])
+    eval_key = dg.AssetKey(["eval", run])
+    ds_text = rdecl.deepspeed_path().read_text()
+
+    @dg.asset(
+        key=train_key,
+        deps=[dg.AssetKey(["tokens", mixture]), dg.AssetKey(["mixture", mixture])],
+        group_name="train",
+        kinds={"deepspeed", "pytorch", "mlflow"},
+        code_version=code_version("train", rdecl.model, rdecl.train, rdecl.ranks, ds_text),
+        description=f"DeepSpeed ZeRO training run '{run}' on mixture '{mixture}', via Pipes.",
+    )
+    def _train(
+        context: dg.AssetExecutionContext,
+        home: CorpuslabHome,
+        mlflow: MlflowTracking,
+        pipes_subprocess_client: dg.PipesSubprocessClient,
+    ) -> dg.MaterializeResult:
+        from corpuslab.model import GPTConfig
+        from corpuslab.tokenfile import TokenFile
+        from corpuslab.train import RunSpec, TrainConfig, fill_deepspeed_config
+
+        layout = home.layout()
+        run_dir = layout.run_dir(run)
+        if run_dir.exists():  # a fresh materialization starts a fresh run
+            shutil.rmtree(run_dir)
+        run_dir.mkdir(parents=True)
+        tokens = TokenFile.open(layout.tokens_dir(mixture))
+        mdecl = exp.mixtures[mixture]
+        model_cfg = GPTConfig(
+            vocab_size=tokens.meta.vocab_size, seq_len=mdecl.seq_len, **rdecl.model.model_dump()
+        )
+        client = mlflow.client()
+        mlrun = client.create_run(
+            mlflow.experiment_id(),
+            run_name=f"{run}-{context.run_id[:8]}",
+            tags={
+                "dagster.run_id": context.run_id,
+                "dagster.asset_key": train_key.to_user_string(),
+                "dagster.eval_asset_key": eval_key.to_user_string(),
+                "dagster.code_version": context.assets_def.code_versions_by_key[train_key] or "",
+                "corpuslab.recipe": mdecl.recipe,
+                "corpuslab.mixture": mixture,
+                "corpuslab.run": run,
+            },
+        )
+        run_id = mlrun.info.run_id
+        try:
+            spec = RunSpec(
+                name=run,
+                tokens_dir=layout.tokens_dir(mixture),
+                out_dir=run_dir,
+                model=model_cfg,
+                train=TrainConfig(**rdecl.train.model_dump()),
+                deepspeed_config=rdecl.deepspeed_path(),
+                mlflow_tracking_uri=mlflow.tracking_uri,
+                mlflow_run_id=run_id,
+            )
+            spec_path = run_dir / "spec.json"
+            spec_path.write_text(spec.model_dump_json(indent=2))
+            ds_filled = fill_deepspeed_config(json.loads(ds_text), spec, world_size=rdecl.ranks)
+            write_json(ds_filled, run_dir / "deepspeed_config.json")
+            mix_summary = read_json(layout.mixture_dir(mixture) / "mixture.json")
+            params = run_params(exp, run) | {
+                f"mixture.weight.{d}": round(w, 6) for d, w in mix_summary["weights"].items()
+            }
+            for k, v in params.items():
+                client.log_param(run_id, k, v)
+            for path in (
+                spec_path,
+                run_dir / "deepspeed_config.json",
+                layout.mixture_dir(mixture) / "mixture.json",
+                Path(exp.where("runs", run)),
+                Path(exp.where("mixtures", mixture)),
+                Path(exp.where("recipes", mdecl.recipe)),
+            ):
+                client.log_artifact(run_id, str(path), artifact_path="config")
+            env = {
+                "DS_ACCELERATOR": os.environ.get("DS_ACCELERATOR", "cpu"),
+                "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")]),
+            }
+            result = pipes_subprocess_client.run(
+                command=launch_command(rdecl.ranks, spec_path),
+                context=context,
+                env=env,
+                extras={"run": run, "mlflow_run_id": run_id},
+            ).get_materialize_result()
+            summary = read_json(run_dir / "summary.json")
+            for k in ("final_loss", "tokens_per_s", "tokens_seen", "num_params", "wall_s"):
+                if k in summary:
+                    client.log_metric(run_id, f"train.{k}", float(summary[k]))
+            client.log_artifact(run_id, str(run_dir / "summary.json"), artifact_path="train")
+            client.set_terminated(run_id, "FINISHED")
+        except BaseException:
+            client.set_terminated(run_id, "FAILED")
+            raise
+        write_json({"run_id": run_id, "tracking_uri": mlflow.tracking_uri}, run_dir / "mlflow.json")
+        curve = [
+            (m.step, round(m.value, 4))
+            for m in sorted(client.get_metric_history(run_id, "loss"), key=lambda m: m.step)
+        ]
+        metadata = dict(result.metadata or {})
+        metadata |= {
+            "mlflow_run_id": run_id,
+            "loss_curve": dg.MetadataValue.md(
+                "| step | loss |\n|---:|---:|\n" + "\n".join(f"| {s} | {v} |" for s, v in curve)
+            ),
+        }
+        return dg.MaterializeResult(
+            metadata=metadata, data_version=dg.DataVersion(file_digest(run_dir / "model.pt"))
+        )
+
+    @dg.asset(
+        key=eval_key,
+        deps=[train_key, dg.AssetKey(["mixture", mixture])],
+        group_name="train",
+        kinds={"pytorch", "mlflow"},
+        code_version=code_version("eval", rdecl.eval),
+        description=f"Per-domain held-out bits-per-byte of run '{run}', logged to MLflow.",
+    )
+    def _eval(home: CorpuslabHome, mlflow: MlflowTracking) -> dg.MaterializeResult:
+        from corpuslab.evaluate import evaluate_domains
+
+        layout = home.layout()
+        run_dir = layout.run_dir(run)
+        heldout = read_heldout(layout, mixture, rdecl.eval.max_docs_per_domain)
+        results = evaluate_domains(
+            run_dir,
+            layout.tokenizer_dir(mixture) / "tokenizer.json",
+            heldout,
+            batch_size=rdecl.eval.batch_size,
+        )
+        bpb = {d: r["bpb"] for d, r in results.items()}
+        run_id = read_json(run_dir / "mlflow.json")["run_id"]
+        client = mlflow.client()
+        metrics = {f"eval.bpb.{d}": v for d, v in bpb.items()}
+        metrics["eval.bpb.mean"] = sum(bpb.values()) / len(bpb)
+        metrics["eval.bpb.worst"] = max(bpb.values())
+        for k, v in metrics.items():
+            client.log_metric(run_id, k, v)
+        out = layout.eval_dir(run) / "eval.json"
+        write_json({"run_id": run_id, "domains": results, "metrics": metrics}, out)
+        client.log_artifact(run_id, str(out), artifact_path="eval")
+        return dg.MaterializeResult(
+            metadata={
+                **{k.replace(".", "_"): round(v, 4) for k, v in metrics.items()},
+                "mlflow_run_id": run_id,
+                "domains": dg.MetadataValue.json(results),
+            },
+            data_version=dg.DataVersion(file_digest(out)),
+        )
+
+    return [_train, _eval]

@@ -1,0 +1,352 @@
+"""Experiment declarations: YAML under ``experiments/`` parsed into typed, cross-checked models.
+
+Every ``*.yaml`` file in the folder may declare any of ``sources``, ``recipes``, ``mixtures`` and
+``runs``; names are global across files. A bad declaration fails at load time with the file,
+the key path and the allowed values, before Dagster ever builds an asset.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import types
+import typing
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from corpuslab.dedup import DedupParams
+from corpuslab.filters import STEPS, StepError, parse_step
+from corpuslab.layout import Layout
+from corpuslab.quality import QualityParams
+
+EXPERIMENTS_ENV = "CORPUSLAB_EXPERIMENTS"
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEEPSPEED_DIR = REPO_ROOT / "infra" / "deepspeed"
+SECTIONS = ("sources", "recipes", "mixtures", "runs")
+
+
+class DeclarationError(ValueError):
+    """A declaration that cannot be used; the message names the file and the key."""
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SourceDecl(Strict):
+    """A raw corpus: a folder (relative paths are under CORPUSLAB_HOME) of JSONL/Parquet shards."""
+
+    path: str
+    format: Literal["auto", "jsonl", "parquet"] = "auto"
+    description: str = ""
+
+    def resolve(self, layout: Layout) -> Path:
+        p = Path(os.path.expandvars(os.path.expanduser(self.path)))
+        return p if p.is_absolute() else layout.home / p
+
+
+class RecipeDecl(Strict):
+    """How a pool is made: which sources, which per-document steps, dedup and quality filter."""
+
+    sources: list[str] = Field(min_length=1)
+    steps: list[dict[str, dict[str, Any] | None] | str] = Field(default_factory=list)
+    write_dropped: bool = False
+    dedup: DedupParams = DedupParams()
+    quality: QualityParams | None = None
+
+    @model_validator(mode="after")
+    def _steps_exist(self) -> RecipeDecl:
+        for i, step in enumerate(self.steps):
+            try:
+                parse_step(step)
+            except StepError as exc:
+                raise ValueError(f"steps[{i}]: {exc}") from None
+            except ValidationError as exc:
+                name = step if isinstance(step, str) else next(iter(step))
+                allowed = ", ".join(STEPS[name].Params.model_fields)
+                details = "; ".join(
+                    f"{'.'.join(map(str, e['loc'])) or name}: {e['msg']}" for e in exc.errors()
+                )
+                raise ValueError(
+                    f"steps[{i}] ({name}): {details} (allowed parameters: {allowed})"
+                ) from None
+        return self
+
+
+class TokenizerDecl(Strict):
+    """The byte-level BPE tokenizer trained on the mixture's text."""
+
+    vocab_size: int = Field(4096, ge=260, le=65535)
+    min_frequency: int = Field(2, ge=1)
+    train_bytes: int = Field(20_000_000, ge=1000)
+
+
+class MixtureDecl(Strict):
+    """Domain weights over a recipe's filtered sources and the token budget they fill."""
+
+    recipe: str
+    strategy: Literal["natural", "manual"] = "natural"
+    weights: dict[str, float] | None = None
+    token_budget: int = Field(ge=1)
+    seq_len: int = Field(128, ge=8)
+    heldout_fraction: float = Field(0.05, gt=0, lt=0.5)
+    seed: int = 0
+    tokenizer: TokenizerDecl = TokenizerDecl()
+
+    @model_validator(mode="after")
+    def _weights_match_strategy(self) -> MixtureDecl:
+        if self.strategy == "manual" and not self.weights:
+            raise ValueError("strategy 'manual' needs 'weights' (domain -> weight)")
+        if self.strategy != "manual" and self.weights:
+            raise ValueError(
+                f"'weights' are only used with strategy 'manual', not {self.strategy!r}"
+            )
+        if self.weights and any(w < 0 for w in self.weights.values()):
+            raise ValueError("weights must be non-negative")
+        if self.weights and sum(self.weights.values()) <= 0:
+            raise ValueError("weights must not all be zero")
+        return self
+
+
+class ModelDecl(Strict):
+    """GPT dimensions (nanoGPT-style)."""
+
+    n_layer: int = Field(2, ge=1)
+    n_head: int = Field(4, ge=1)
+    d_model: int = Field(128, ge=8)
+    dropout: float = Field(0.0, ge=0, lt=1)
+
+    @model_validator(mode="after")
+    def _heads_divide(self) -> ModelDecl:
+        if self.d_model % self.n_head:
+            raise ValueError(f"d_model {self.d_model} is not divisible by n_head {self.n_head}")
+        return self
+
+
+class TrainDecl(Strict):
+    """Optimization settings of one run (filled into the DeepSpeed config's "auto" fields)."""
+
+    steps: int = Field(100, ge=1)
+    micro_batch_size: int = Field(8, ge=1)
+    grad_accum_steps: int = Field(1, ge=1)
+    lr: float = Field(3e-3, gt=0)
+    min_lr: float = Field(3e-4, ge=0)
+    warmup_steps: int = Field(10, ge=0)
+    weight_decay: float = Field(0.033, ge=0)
+    grad_clip: float = Field(1.0, ge=0)
+    seed: int = 0
+    log_every: int = Field(10, ge=1)
+    checkpoint_every: int = Field(50, ge=1)
+    threads: int | None = Field(None, ge=1)
+
+
+class EvalDecl(Strict):
+    """Held-out evaluation: per-domain bits-per-byte on documents never trained on."""
+
+    max_docs_per_domain: int = Field(200, ge=1)
+    batch_size: int = Field(16, ge=1)
+
+
+class RunDecl(Strict):
+    """A training run: a mixture, a model, a DeepSpeed config and evaluation."""
+
+    mixture: str
+    model: ModelDecl = ModelDecl()
+    deepspeed: str = "zero2"
+    ranks: int = Field(1, ge=1)
+    train: TrainDecl = TrainDecl()
+    eval: EvalDecl = EvalDecl()
+
+    def deepspeed_path(self) -> Path:
+        p = Path(self.deepspeed)
+        if p.suffix != ".json":
+            p = DEEPSPEED_DIR / f"{self.deepspeed}.json"
+        return p if p.is_absolute() else REPO_ROOT / p
+
+
+class Experiment(BaseModel):
+    """All declarations, cross-checked, with the file each one came from."""
+
+    model_config = ConfigDict(frozen=True)
+
+    root: Path
+    sources: dict[str, SourceDecl] = Field(default_factory=dict)
+    recipes: dict[str, RecipeDecl] = Field(default_factory=dict)
+    mixtures: dict[str, MixtureDecl] = Field(default_factory=dict)
+    runs: dict[str, RunDecl] = Field(default_factory=dict)
+    origin: dict[str, str] = Field(default_factory=dict)  # "recipes.x" -> file
+
+    def where(self, section: str, name: str) -> str:
+        return self.origin.get(f"{section}.{name}", str(self.root))
+
+    def mixture_domains(self, mixture: str) -> list[str]:
+        return list(self.recipes[self.mixtures[mixture].recipe].sources)
+
+
+_MODELS: dict[str, type[Strict]] = {
+    "sources": SourceDecl,
+    "recipes": RecipeDecl,
+    "mixtures": MixtureDecl,
+    "runs": RunDecl,
+}
+_NAME_OK = __import__("re").compile(r"^[A-Za-z][A-Za-z0-9_]*$")
+
+
+def default_experiments_dir() -> Path:
+    return Path(os.environ.get(EXPERIMENTS_ENV) or REPO_ROOT / "experiments").resolve()
+
+
+def _allowed_keys(model: Any, loc: tuple[Any, ...]) -> list[str] | None:
+    """Walk a pydantic model class along an error location to list the keys allowed there."""
+    for part in loc:
+        origin = typing.get_origin(model)
+        if origin in (dict,):
+            model = typing.get_args(model)[1]
+            continue
+        if origin in (list,):
+            model = typing.get_args(model)[0]
+            continue
+        if origin in (typing.Union, types.UnionType):
+            args = [
+                a
+                for a in typing.get_args(model)
+                if isinstance(a, type) and issubclass(a, BaseModel)
+            ]
+            model = args[0] if args else None
+        if isinstance(model, type) and issubclass(model, BaseModel):
+            field = model.model_fields.get(str(part))
+            if field is None:
+                return sorted(model.model_fields)
+            model = field.annotation
+        else:
+            return None
+    if typing.get_origin(model) in (typing.Union, types.UnionType):
+        args = [
+            a for a in typing.get_args(model) if isinstance(a, type) and issubclass(a, BaseModel)
+        ]
+        model = args[0] if args else None
+    if isinstance(model, type) and issubclass(model, BaseModel):
+        return sorted(model.model_fields)
+    return None
+
+
+def _format_validation(file: Path, section: str, name: str, exc: ValidationError) -> str:
+    lines = []
+    model = _MODELS[section]
+    for err in exc.errors():
+        loc = tuple(err["loc"])
+        key = ".".join([section, name, *map(str, loc)])
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            allowed = _allowed_keys(model, loc[:-1])
+            msg = f"unknown key {loc[-1]!r}" + (
+                f"; allowed: {', '.join(allowed)}" if allowed else ""
+            )
+        elif err["type"] == "literal_error":
+            msg = f"{msg} (got {err.get('input')!r})"
+        lines.append(f"{file}: {key}: {msg}")
+    return "\n".join(lines)
+
+
+def load_experiment(root: Path | None = None) -> Experiment:
+    """Load and cross-check every declaration under ``root`` (default: ``experiments/``)."""
+    root = (root or default_experiments_dir()).resolve()
+    if not root.is_dir():
+        raise DeclarationError(f"{root}: experiments folder does not exist")
+    files = sorted(root.glob("*.yaml")) + sorted(root.glob("*.yml"))
+    if not files:
+        raise DeclarationError(f"{root}: no *.yaml declarations found")
+    parsed: dict[str, dict[str, Any]] = {s: {} for s in SECTIONS}
+    origin: dict[str, str] = {}
+    for file in files:
+        try:
+            doc = yaml.safe_load(file.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as exc:
+            raise DeclarationError(f"{file}: not valid YAML: {exc}") from None
+        if not isinstance(doc, dict):
+            raise DeclarationError(f"{file}: top level must be a mapping of {', '.join(SECTIONS)}")
+        for section, entries in doc.items():
+            if section not in SECTIONS:
+                raise DeclarationError(
+                    f"{file}: unknown top-level key {section!r}; allowed: {', '.join(SECTIONS)}"
+                )
+            if not isinstance(entries, dict):
+                raise DeclarationError(f"{file}: {section}: must map names to declarations")
+            for name, body in entries.items():
+                if not isinstance(name, str) or not _NAME_OK.match(name):
+                    raise DeclarationError(
+                        f"{file}: {section}.{name}: names must match [A-Za-z][A-Za-z0-9_]*"
+                    )
+                if name in parsed[section]:
+                    raise DeclarationError(
+                        f"{file}: {section}.{name}: already declared in "
+                        f"{origin[f'{section}.{name}']}"
+                    )
+                try:
+                    parsed[section][name] = _MODELS[section].model_validate(body or {})
+                except ValidationError as exc:
+                    raise DeclarationError(_format_validation(file, section, name, exc)) from None
+                origin[f"{section}.{name}"] = str(file)
+    exp = Experiment(root=root, origin=origin, **parsed)
+    _cross_check(exp)
+    return exp
+
+
+def _ref_error(exp: Experiment, section: str, name: str, key: str, value: str, pool: dict) -> None:
+    allowed = ", ".join(sorted(pool)) or "(none declared)"
+    raise DeclarationError(
+        f"{exp.where(section, name)}: {section}.{name}.{key}: unknown {value!r}; allowed: {allowed}"
+    )
+
+
+def _cross_check(exp: Experiment) -> None:
+    """Dangling references and missing files fail here, naming file, key and allowed values."""
+    for name, recipe in exp.recipes.items():
+        for i, src in enumerate(recipe.sources):
+            if src not in exp.sources:
+                _ref_error(exp, "recipes", name, f"sources[{i}]", src, exp.sources)
+        if recipe.quality is not None and recipe.quality.positive_source not in exp.sources:
+            _ref_error(
+                exp,
+                "recipes",
+                name,
+                "quality.positive_source",
+                recipe.quality.positive_source,
+                exp.sources,
+            )
+    for name, mix in exp.mixtures.items():
+        if mix.recipe not in exp.recipes:
+            _ref_error(exp, "mixtures", name, "recipe", mix.recipe, exp.recipes)
+        domains = exp.recipes[mix.recipe].sources
+        for domain in mix.weights or {}:
+            if domain not in domains:
+                _ref_error(
+                    exp, "mixtures", name, f"weights.{domain}", domain, dict.fromkeys(domains)
+                )
+    for name, run in exp.runs.items():
+        if run.mixture not in exp.mixtures:
+            _ref_error(exp, "runs", name, "mixture", run.mixture, exp.mixtures)
+        ds = run.deepspeed_path()
+        if not ds.is_file():
+            known = sorted(p.stem for p in DEEPSPEED_DIR.glob("*.json"))
+            raise DeclarationError(
+                f"{exp.where('runs', name)}: runs.{name}.deepspeed: config file {ds} not found; "
+                f"allowed: {', '.join(known)} or a path to a .json file"
+            )
+        seq_len = exp.mixtures[run.mixture].seq_len
+        if run.train.micro_batch_size * seq_len <= 0:
+            raise DeclarationError(f"{exp.where('runs', name)}: runs.{name}.train: empty batch")
+
+
+def fingerprint(*parts: Any) -> str:
+    """A short stable hash of declarations: the ``code_version`` of the assets they shape."""
+    blob = json.dumps(
+        [p.model_dump(mode="json") if isinstance(p, BaseModel) else p for p in parts],
+        sort_keys=True,
+        default=str,
+    )
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]

@@ -1,0 +1,156 @@
+"""Where every artifact lives under one home folder (``CORPUSLAB_HOME``).
+
+One place decides paths so that the Dagster layer, the training entry point and dbt agree.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+HOME_ENV = "CORPUSLAB_HOME"
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def default_home() -> Path:
+    """The home folder: ``$CORPUSLAB_HOME`` or ``./.corpuslab`` under the working directory."""
+    return Path(os.environ.get(HOME_ENV) or Path.cwd() / ".corpuslab").resolve()
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Paths of every stage's outputs below ``home``."""
+
+    home: Path
+
+    @classmethod
+    def from_env(cls) -> Layout:
+        return cls(default_home())
+
+    @property
+    def data(self) -> Path:
+        return self.home / "data"
+
+    @property
+    def raw(self) -> Path:
+        """Where the demo corpus builder writes its JSONL shards."""
+        return self.home / "raw"
+
+    def corpus_dir(self, source: str) -> Path:
+        return self.data / "corpus" / f"source={source}"
+
+    def quarantine_dir(self, source: str) -> Path:
+        return self.data / "quarantine" / f"source={source}"
+
+    def pool_dir(self, recipe: str, source: str) -> Path:
+        return self.data / "pool" / f"recipe={recipe}" / f"source={source}"
+
+    def decisions_dir(self, stage: str, source: str, recipe: str | None = None) -> Path:
+        """Per-document keep/drop decisions of one stage; dbt reads these for its counts.
+
+        Hive-style folders (``stage=/recipe=/source=``) let DuckDB read them as columns.
+        """
+        return (
+            self.data
+            / "decisions"
+            / f"stage={stage}"
+            / f"recipe={recipe or '_'}"
+            / f"source={source}"
+        )
+
+    def dropped_dir(self, recipe: str, source: str) -> Path:
+        return self.data / "dropped" / f"recipe={recipe}" / f"source={source}"
+
+    def dedup_dir(self, recipe: str) -> Path:
+        return self.data / "dedup" / f"recipe={recipe}"
+
+    def quality_dir(self, recipe: str) -> Path:
+        return self.data / "quality" / f"recipe={recipe}"
+
+    def filtered_dir(self, recipe: str, source: str) -> Path:
+        return self.data / "filtered" / f"recipe={recipe}" / f"source={source}"
+
+    def tokenizer_dir(self, mixture: str) -> Path:
+        return self.data / "tokenizer" / f"mixture={mixture}"
+
+    def mixture_dir(self, mixture: str) -> Path:
+        return self.data / "mixture" / f"mixture={mixture}"
+
+    def tokens_dir(self, mixture: str) -> Path:
+        return self.data / "tokens" / f"mixture={mixture}"
+
+    def run_dir(self, run: str) -> Path:
+        return self.home / "runs" / run
+
+    def eval_dir(self, run: str) -> Path:
+        return self.data / "eval" / f"run={run}"
+
+    @property
+    def mlflow_dir(self) -> Path:
+        return self.home / "mlflow"
+
+    @property
+    def mlflow_uri(self) -> str:
+        return f"sqlite:///{self.mlflow_dir / 'mlflow.db'}"
+
+    @property
+    def mlflow_artifacts(self) -> Path:
+        return self.mlflow_dir / "artifacts"
+
+    @property
+    def duckdb_path(self) -> Path:
+        return self.home / "stats.duckdb"
+
+    @property
+    def dagster_home(self) -> Path:
+        return self.home / "dagster"
+
+
+@contextlib.contextmanager
+def atomic_path(final: Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``final`` and rename it into place only on success.
+
+    A killed step therefore never leaves a half-written file under the final name.
+    """
+    final.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp makes 0600; outputs are shared files
+        os.replace(tmp_path, final)
+    except BaseException:
+        tmp_path.unlink(missing_ok=True)
+        raise
+
+
+@contextlib.contextmanager
+def atomic_dir(final: Path) -> Iterator[Path]:
+    """Like :func:`atomic_path` for a whole directory: built aside, swapped in at the end."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
+    try:
+        yield tmp
+        os.chmod(tmp, 0o777 & ~_umask())
+        if final.exists():
+            old = final.with_name(f".{final.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(final, old)
+            os.replace(tmp, final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

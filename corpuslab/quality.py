@@ -1,0 +1,230 @@
+"""Model-based quality filtering: a fastText classifier of "high" vs "low" quality text.
+
+Follows DCLM's baseline (DataComp-LM, section 4.4): a fastText classifier over word unigrams and
+bigrams (``wordNgrams=2``) trained on positives from a reference source against random documents
+of the pool as negatives, then keeping the top 10% of documents by P(hq). Here the positives
+are a configurable source (the demo uses the Python language reference), and both the kept
+fraction and an absolute score cut-off are parameters.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import subprocess
+import sys
+import tempfile
+import unicodedata
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import fasttext
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from corpuslab.layout import atomic_path
+
+LABEL_HQ = "__label__hq"
+LABEL_LQ = "__label__lq"
+PREDICT_BATCH = 1024
+_TOKEN = re.compile(r"\w+|[^\w\s]")
+
+
+class QualityParams(BaseModel):
+    """Training and selection settings of the quality classifier."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    positive_source: str = Field(description="source whose documents are the positives")
+    negative_sample: int = Field(2000, ge=1, description="max negatives drawn from the pool")
+    positive_sample: int | None = Field(None, ge=1, description="max positives (None: all)")
+    keep_fraction: float | None = Field(0.9, gt=0.0, le=1.0, description="keep top fraction")
+    min_score: float | None = Field(None, ge=0.0, le=1.0, description="or keep P(hq) >= this")
+    epoch: int = Field(5, ge=1)
+    lr: float = Field(0.1, gt=0.0)
+    dim: int = Field(64, ge=1)
+    word_ngrams: int = Field(2, ge=1, description="DCLM: unigrams + bigrams")
+    bucket: int = Field(100_000, ge=1, description="hash buckets of n-grams (sets model size)")
+    heldout_fraction: float = Field(0.2, gt=0.0, lt=1.0)
+    seed: int = Field(0, ge=0)
+
+    @model_validator(mode="after")
+    def _one_rule(self) -> QualityParams:
+        # Giving min_score alone replaces the default keep_fraction rather than clashing with it.
+        if self.min_score is not None and "keep_fraction" not in self.model_fields_set:
+            self.keep_fraction = None
+        if (self.keep_fraction is None) == (self.min_score is None):
+            raise ValueError("set exactly one of keep_fraction and min_score")
+        return self
+
+
+def normalize_for_fasttext(text: str) -> str:
+    """One lowercased line with punctuation split from words, as fastText tokenizes on spaces."""
+    text = unicodedata.normalize("NFKC", text).lower()
+    return " ".join(_TOKEN.findall(text))
+
+
+def sample_texts(texts: Sequence[str], n: int | None, seed: int) -> list[str]:
+    """At most ``n`` texts drawn without replacement, in their original order (seeded)."""
+    if n is None or n >= len(texts):
+        return list(texts)
+    picked = np.sort(np.random.default_rng(seed).choice(len(texts), size=n, replace=False))
+    return [texts[i] for i in picked]
+
+
+def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:
+    """Area under the ROC curve via the Mann-Whitney rank statistic (ties get mean ranks)."""
+    labels = np.asarray(labels, dtype=bool)
+    scores = np.asarray(scores, dtype=float)
+    n_pos, n_neg = int(labels.sum()), int((~labels).sum())
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    order = np.argsort(scores, kind="mergesort")
+    sorted_scores = scores[order]
+    ranks = np.empty(len(scores), dtype=float)
+    start = 0
+    while start < len(scores):  # average rank over each run of tied scores
+        end = start
+        while end + 1 < len(scores) and sorted_scores[end + 1] == sorted_scores[start]:
+            end += 1
+        ranks[order[start : end + 1]] = (start + end) / 2.0 + 1.0
+        start = end + 1
+    return float((ranks[labels].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+
+
+def _split(n: int, fraction: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    perm = rng.permutation(n)
+    n_held = min(n - 1, max(1, round(n * fraction))) if n > 1 else 0
+    return perm[n_held:], perm[:n_held]
+
+
+_TRAIN_CHILD = """
+import json, sys
+import fasttext
+fasttext.train_supervised(**json.loads(sys.argv[1])).save_model(sys.argv[2])
+"""
+
+
+def _train_in_fresh_process(fasttext_args: dict[str, Any], model_path: Path) -> None:
+    """Run ``fasttext.train_supervised`` in a new interpreter and save the model there.
+
+    fastText 0.9.x fills only ``thread``/10 of the input matrix in ``DenseMatrix::uniform``
+    and, in the 0.9.3 wheel, allocates it uninitialized (``posix_memalign``). In a long-lived
+    process that memory is recycled heap, so with ``thread=1`` the model depends on leftover
+    bytes: runs differ and often fail with "Encountered NaN". A fresh process gets zeroed pages
+    from the kernel, which makes training deterministic and stable.
+    """
+    proc = subprocess.run(
+        [sys.executable, "-c", _TRAIN_CHILD, json.dumps(fasttext_args), str(model_path)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(f"fastText training failed: {proc.stderr.strip()[-2000:]}")
+
+
+def train_quality_model(
+    positives: Sequence[str],
+    negatives: Sequence[str],
+    params: QualityParams,
+    out_path: Path,
+) -> dict[str, Any]:
+    """Train hq-vs-lq fastText on a stratified split, save it atomically, return held-out metrics.
+
+    Positives and negatives are first capped at ``positive_sample`` / ``negative_sample``.
+    Training runs on one thread with a fixed seed in a fresh process (see
+    :func:`_train_in_fresh_process`), so the same inputs give the same model.
+    """
+    rng = np.random.default_rng(params.seed)
+    pos = sample_texts(positives, params.positive_sample, params.seed)
+    neg = sample_texts(negatives, params.negative_sample, params.seed + 1)
+    if len(pos) < 2 or len(neg) < 2:
+        raise ValueError(f"need at least 2 positives and 2 negatives, got {len(pos)}/{len(neg)}")
+    pos_train, pos_held = _split(len(pos), params.heldout_fraction, rng)
+    neg_train, neg_held = _split(len(neg), params.heldout_fraction, rng)
+    train = [(LABEL_HQ, pos[i]) for i in pos_train] + [(LABEL_LQ, neg[i]) for i in neg_train]
+    train = [train[i] for i in rng.permutation(len(train))]  # SGD must not see one class first
+
+    with tempfile.TemporaryDirectory(prefix="quality-") as tmp:
+        train_file = Path(tmp) / "train.txt"
+        with open(train_file, "w", encoding="utf-8") as fh:
+            for label, text in train:
+                fh.write(f"{label} {normalize_for_fasttext(text)}\n")
+        fasttext_args = {
+            "input": str(train_file),
+            "epoch": params.epoch,
+            "lr": params.lr,
+            "dim": params.dim,
+            "wordNgrams": params.word_ngrams,
+            "bucket": params.bucket,
+            "minCount": 1,
+            "loss": "softmax",
+            "thread": 1,
+            "seed": params.seed,
+            "verbose": 0,
+        }
+        with atomic_path(Path(out_path)) as tmp_model:
+            _train_in_fresh_process(fasttext_args, tmp_model)
+    model = load_model(Path(out_path))
+
+    held_texts = [pos[i] for i in pos_held] + [neg[i] for i in neg_held]
+    held_labels = np.array([True] * len(pos_held) + [False] * len(neg_held))
+    scores = score_texts(model, held_texts)
+    predicted = scores >= 0.5
+    tp = int((predicted & held_labels).sum())
+    n_pred = int(predicted.sum())
+    return {
+        "accuracy": float((predicted == held_labels).mean()),
+        "precision": tp / n_pred if n_pred else 0.0,
+        "recall": tp / int(held_labels.sum()),
+        "auc": roc_auc(held_labels, scores),
+        "n_train": len(train),
+        "n_train_positive": len(pos_train),
+        "n_train_negative": len(neg_train),
+        "n_heldout": len(held_texts),
+        "n_heldout_positive": len(pos_held),
+    }
+
+
+def load_model(path: Path) -> Any:
+    """Load a saved classifier."""
+    return fasttext.load_model(str(path))
+
+
+def score_texts(model: Any, texts: Sequence[str]) -> np.ndarray:
+    """P(hq) of every text, predicted in batches; ``model`` is a fastText model or its path."""
+    if isinstance(model, str | Path):
+        model = load_model(Path(model))
+    scores = np.empty(len(texts), dtype=np.float64)
+    for start in range(0, len(texts), PREDICT_BATCH):
+        batch = [normalize_for_fasttext(t) for t in texts[start : start + PREDICT_BATCH]]
+        labels, probs = model.predict(batch, k=-1)
+        for j, (labs, ps) in enumerate(zip(labels, probs, strict=True)):
+            p = dict(zip(labs, np.asarray(ps, dtype=np.float64), strict=True))
+            scores[start + j] = p.get(LABEL_HQ, 1.0 - p.get(LABEL_LQ, 1.0))
+    return np.clip(scores, 0.0, 1.0)
+
+
+def select(
+    scores: np.ndarray, params: QualityParams, ids: Sequence[str] | None = None
+) -> np.ndarray:
+    """Boolean keep mask: the top ``keep_fraction`` by score, or score >= ``min_score``.
+
+    With ``keep_fraction`` exactly ``round(keep_fraction * n)`` documents are kept; equal scores
+    are ordered by ``ids`` when given (so input order does not matter), else by position.
+    """
+    scores = np.asarray(scores, dtype=np.float64)
+    if params.min_score is not None:
+        return scores >= params.min_score
+    assert params.keep_fraction is not None
+    n_keep = math.floor(params.keep_fraction * len(scores) + 0.5)
+    tie = np.arange(len(scores)) if ids is None else np.argsort(np.asarray(ids), kind="stable")
+    tie_rank = np.empty(len(scores), dtype=np.int64)
+    tie_rank[tie] = np.arange(len(scores))
+    order = np.lexsort((tie_rank, -scores))  # highest score first, then tie rank
+    keep = np.zeros(len(scores), dtype=bool)
+    keep[order[:n_keep]] = True
+    return keep

@@ -1,0 +1,87 @@
+"""Training process entry point: ``torchrun ... infra/entrypoints/train.py --spec spec.json``.
+
+Launched by Dagster through Pipes, rank 0 streams progress as Pipes log lines and reports the
+asset materialization (final loss, throughput, ...) at the end; otherwise, and on other ranks,
+progress goes to stdout as one JSON object per line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+if str(REPO_ROOT) not in sys.path:  # runnable as a script without installing corpuslab
+    sys.path.insert(0, str(REPO_ROOT))
+
+from corpuslab.train import RunSpec, train  # noqa: E402
+
+PIPES_ENV = "DAGSTER_PIPES_CONTEXT"
+
+
+def print_reporter(step: int, metrics: dict[str, float]) -> None:
+    """Progress as one JSON line on stdout, flushed so a parent process sees it live."""
+    print(json.dumps({"step": step, **metrics}), flush=True)
+
+
+def file_digest(path: Path) -> str:
+    """Short SHA-256 of a file: the data version of the trained model."""
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()[:16]
+
+
+def materialization_metadata(spec: RunSpec, summary: dict[str, Any]) -> dict[str, Any]:
+    """What the Dagster asset records about a finished run."""
+    keys = (
+        "final_loss", "initial_loss", "tokens_per_s", "tokens_seen", "steps", "skipped_steps",
+        "num_params", "wall_s", "world_size",
+    )  # fmt: skip
+    meta: dict[str, Any] = {k: summary[k] for k in keys}
+    meta["run_dir"] = str(Path(spec.out_dir).resolve())
+    if spec.mlflow_run_id:
+        meta["mlflow_run_id"] = spec.mlflow_run_id
+    return meta
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--spec", type=Path, required=True, help="RunSpec JSON file")
+    args = parser.parse_args(argv)
+    spec = RunSpec.model_validate_json(args.spec.read_text())
+    rank = int(os.environ.get("RANK", "0"))
+
+    if rank == 0 and os.environ.get(PIPES_ENV):
+        from dagster_pipes import open_dagster_pipes
+
+        with open_dagster_pipes() as pipes:
+
+            def pipes_reporter(step: int, metrics: dict[str, float]) -> None:
+                pipes.log.info(json.dumps({"step": step, **metrics}))
+
+            summary = train(spec, pipes_reporter)
+            pipes.report_asset_materialization(
+                metadata=materialization_metadata(spec, summary),
+                data_version=file_digest(Path(spec.out_dir) / "model.pt"),
+            )
+    else:
+        summary = train(spec, print_reporter)
+        if rank == 0:
+            print(json.dumps({"summary": summary}), flush=True)
+
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.destroy_process_group()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,147 @@
+"""`make demo`: build the demo corpus, materialize the default experiment through Dagster, report.
+
+Run again with nothing changed and nothing is materialized (everything is fresh).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+
+import dagster as dg
+
+from corpuslab.democorpus import build_demo_corpus
+from corpuslab.layout import Layout
+
+
+def _prepare_environment(layout: Layout) -> None:
+    os.environ.setdefault("DAGSTER_HOME", str(layout.dagster_home))
+    Path(os.environ["DAGSTER_HOME"]).mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    layout.mlflow_dir.mkdir(parents=True, exist_ok=True)
+
+
+def ensure_demo_corpus(layout: Layout) -> None:
+    """Build the raw demo corpus once; the builder is deterministic, so a rebuild is a no-op."""
+    marker = layout.raw / ".complete"
+    if marker.exists():
+        return
+    shards = build_demo_corpus(layout.raw)
+    marker.write_text(json.dumps({s: [p.name for p in ps] for s, ps in shards.items()}))
+
+
+def _read(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def summary(defs: dg.Definitions, layout: Layout) -> str:
+    """The per-stage report, read back from the stage outputs and the dbt statistics."""
+    import duckdb
+
+    from corpuslab.config import load_experiment
+
+    exp = load_experiment()
+    lines: list[str] = []
+    out = lines.append
+    con = duckdb.connect(str(layout.duckdb_path), read_only=True)
+    rows = con.execute(
+        "select stage, recipe, source, documents_in, kept, dropped from stage_summary "
+        "order by recipe, source, stage"
+    ).fetchall()
+    counts = con.execute(
+        "select stage, recipe, source, outcome, documents from stage_counts "
+        "where outcome <> 'kept' order by stage, recipe, source, documents desc"
+    ).fetchall()
+    con.close()
+    out("== documents per stage (dbt: stats/stage_summary, stats/stage_counts) ==")
+    out(f"{'stage':<9}{'recipe':<10}{'source':<11}{'in':>7}{'kept':>7}{'dropped':>8}  reasons")
+    for stage, recipe, source, n_in, kept, dropped in rows:
+        reasons = ", ".join(
+            f"{o}={n}" for s, r, src, o, n in counts if (s, r, src) == (stage, recipe, source)
+        )
+        out(f"{stage:<9}{recipe:<10}{source:<11}{n_in:>7}{kept:>7}{dropped:>8}  {reasons}")
+    for recipe in exp.recipes:
+        d = _read(layout.dedup_dir(recipe) / "summary.json")
+        out(
+            f"== dedup/{recipe}: {d.get('documents')} docs, {d.get('exact_duplicates')} exact and "
+            f"{d.get('near_duplicates')} near duplicates removed in {d.get('clusters')} clusters =="
+        )
+        q = _read(layout.quality_dir(recipe) / "summary.json")
+        m = q.get("metrics", {})
+        out(
+            f"== quality_model/{recipe}: held-out accuracy {m.get('accuracy', 0):.3f}, "
+            f"precision {m.get('precision', 0):.3f}, recall {m.get('recall', 0):.3f}, "
+            f"AUC {m.get('auc', 0):.3f}; threshold {q.get('threshold', 0):.3f}, "
+            f"kept {q.get('kept')} of {q.get('scored')} =="
+        )
+    for mixture in exp.mixtures:
+        mx = _read(layout.mixture_dir(mixture) / "mixture.json")
+        tk = _read(layout.tokens_dir(mixture) / "summary.json")
+        weights = ", ".join(f"{d}={w:.3f}" for d, w in mx.get("weights", {}).items())
+        reps = ", ".join(f"{d}={p['repetition']:.2f}x" for d, p in mx.get("domains", {}).items())
+        out(f"== mixture/{mixture} ({mx.get('strategy')}): weights {weights}; repetition {reps}")
+        out(
+            f"== tokens/{mixture}: {tk.get('sequences')} sequences x {tk.get('seq_len')} = "
+            f"{tk.get('tokens')} tokens; per domain {tk.get('tokens_per_domain')}"
+        )
+    for run in exp.runs:
+        rs = _read(layout.run_dir(run) / "summary.json")
+        ml = _read(layout.run_dir(run) / "mlflow.json")
+        ev = _read(layout.eval_dir(run) / "eval.json").get("metrics", {})
+        out(
+            f"== train/{run}: {rs.get('steps')} steps, {rs.get('tokens_seen')} tokens, "
+            f"{rs.get('tokens_per_s', 0):.0f} tokens/s, loss {rs.get('initial_loss', 0):.3f} -> "
+            f"{rs.get('final_loss', 0):.3f}, {rs.get('num_params')} params"
+        )
+        bpb = ", ".join(f"{k.split('.')[-1]}={v:.3f}" for k, v in ev.items())
+        out(f"== eval/{run}: bits per byte {bpb}")
+        out(f"== MLflow run id: {ml.get('run_id')}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.parse_args(argv)
+    from dagster import DagsterInstance
+
+    layout = Layout.from_env()
+    _prepare_environment(layout)
+    t0 = time.time()
+    ensure_demo_corpus(layout)
+    print(f"demo corpus: {layout.raw} ({time.time() - t0:.1f}s)")
+
+    from jobs import build_definitions, shard_requests
+    from jobs.materialize import materialize_stale
+
+    defs = build_definitions()
+    instance = DagsterInstance.get()
+    from assets.partitions import shard_partitions
+    from corpuslab.config import load_experiment
+
+    for source, keys in shard_requests(load_experiment(), layout, instance).items():
+        instance.add_dynamic_partitions(shard_partitions(source).name, keys)
+        print(f"added {len(keys)} shard partitions for source {source}")
+    reports = materialize_stale(defs, instance)
+    if reports:
+        print(
+            f"materialized {sum(len(r.keys) for r in reports)} asset(s) in {len(reports)} "
+            f"Dagster run(s) in {time.time() - t0:.0f}s"
+        )
+    else:
+        print("nothing is stale: every asset is up to date, nothing was materialized")
+    print(summary(defs, layout))
+    home = layout.home
+    print(
+        "\nInspect it:\n"
+        f"  DAGSTER_HOME={os.environ['DAGSTER_HOME']} CORPUSLAB_HOME={home} "
+        ".venv/bin/dagster dev      # or: make ui\n"
+        f"  .venv/bin/mlflow ui --backend-store-uri {layout.mlflow_uri}      # or: make mlflow"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,57 @@
+"""The code location loads from the repo's declarations with the expected graph."""
+
+from __future__ import annotations
+
+import dagster as dg
+
+
+def test_definitions_module_loads_expected_graph() -> None:
+    import definitions
+
+    graph = definitions.defs.resolve_asset_graph()
+    keys = {k.to_user_string() for k in graph.get_all_asset_keys()}
+    expected = {
+        "corpus/reference",
+        "corpus/docstrings",
+        "corpus/code",
+        "corpus/packages",
+        "pool/baseline/docstrings",
+        "pool/baseline/code",
+        "pool/baseline/packages",
+        "dedup/baseline",
+        "quality_model/baseline",
+        "filtered/baseline/docstrings",
+        "filtered/baseline/code",
+        "filtered/baseline/packages",
+        "tokenizer/natural",
+        "mixture/natural",
+        "tokens/natural",
+        "train/tiny",
+        "eval/tiny",
+        "stats/stage_decisions",
+        "stats/stage_counts",
+        "stats/stage_summary",
+        "stats/quality_score_histogram",
+    }
+    assert expected <= keys
+
+    def parents(key: str) -> set[str]:
+        return {p.to_user_string() for p in graph.get(dg.AssetKey(key.split("/"))).parent_keys}
+
+    assert parents("pool/baseline/code") == {"corpus/code"}
+    assert parents("dedup/baseline") == {
+        f"pool/baseline/{s}" for s in ("docstrings", "code", "packages")
+    }
+    assert "corpus/reference" in parents("quality_model/baseline")
+    assert parents("train/tiny") == {"tokens/natural", "mixture/natural"}
+    assert "train/tiny" in parents("eval/tiny")
+    assert "pool/baseline/code" in parents("stats/stage_decisions")
+    # sharded stages share their source's dynamic partitions
+    pdef = graph.get(dg.AssetKey(["pool", "baseline", "code"])).partitions_def
+    assert isinstance(pdef, dg.DynamicPartitionsDefinition) and pdef.name == "shards_code"
+    assert graph.get(dg.AssetKey(["corpus", "code"])).partitions_def == pdef
+    assert graph.get(dg.AssetKey(["dedup", "baseline"])).partitions_def is None
+    # every stage asset carries a declaration-derived code version
+    assert graph.get(dg.AssetKey(["pool", "baseline", "code"])).code_version.startswith("pool-r")
+    assert {j.name for j in definitions.defs.jobs} >= {"stale_unpartitioned_job", "shards_code_job"}
+    assert {s.name for s in definitions.defs.sensors} == {"shard_sensor"}

@@ -1,0 +1,192 @@
+"""Declarations: valid experiments load; each kind of bad declaration names file, key, allowed."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from corpuslab.config import DeclarationError, fingerprint, load_experiment
+from tests.conftest import TINY_EXPERIMENT, write_experiment
+
+
+def _exp(tmp_path: Path, **overrides: str) -> Path:
+    files = dict(TINY_EXPERIMENT)
+    files.update(overrides)
+    return write_experiment(tmp_path / "exp", files)
+
+
+def test_repo_experiment_loads() -> None:
+    exp = load_experiment(Path(__file__).resolve().parents[2] / "experiments")
+    assert {"reference", "docstrings", "code", "packages"} <= set(exp.sources)
+    assert exp.mixtures["natural"].recipe in exp.recipes
+    assert exp.runs["tiny"].deepspeed_path().is_file()
+
+
+def test_tiny_experiment_cross_references(tmp_path: Path) -> None:
+    exp = load_experiment(_exp(tmp_path))
+    assert exp.mixture_domains("small") == ["docstrings", "code"]
+    assert exp.where("recipes", "strict").endswith("recipes.yaml")
+
+
+def _error(tmp_path: Path, **overrides: str) -> str:
+    with pytest.raises(DeclarationError) as info:
+        load_experiment(_exp(tmp_path, **overrides))
+    return str(info.value)
+
+
+def test_unknown_key_lists_allowed(tmp_path: Path) -> None:
+    msg = _error(
+        tmp_path,
+        **{
+            "mixtures.yaml": """
+        mixtures:
+          small: {recipe: lenient, token_budget: 100, temperatur: 2}
+    """
+        },
+    )
+    assert "mixtures.yaml" in msg and "mixtures.small.temperatur" in msg
+    assert "allowed:" in msg and "token_budget" in msg
+
+
+def test_unknown_nested_key_lists_allowed(tmp_path: Path) -> None:
+    msg = _error(
+        tmp_path,
+        **{
+            "runs.yaml": """
+        runs:
+          smoke: {mixture: small, train: {stepz: 3}}
+    """
+        },
+    )
+    assert "runs.smoke.train.stepz" in msg and "micro_batch_size" in msg
+
+
+def test_unknown_step_name(tmp_path: Path) -> None:
+    msg = _error(
+        tmp_path,
+        **{
+            "recipes.yaml": """
+        recipes:
+          lenient:
+            sources: [docstrings]
+            steps: [{word_cnt: {}}]
+    """
+        },
+    )
+    assert "recipes.yaml" in msg and "steps[0]" in msg and "word_cnt" in msg
+    assert "word_count" in msg and "repeated_lines" in msg  # allowed step names
+
+
+def test_unknown_step_parameter(tmp_path: Path) -> None:
+    msg = _error(
+        tmp_path,
+        **{
+            "recipes.yaml": """
+        recipes:
+          lenient:
+            sources: [docstrings]
+            steps: [{word_count: {minimum: 3}}]
+    """
+        },
+    )
+    assert "steps[0] (word_count)" in msg and "min_words" in msg
+
+
+def test_dangling_reference(tmp_path: Path) -> None:
+    msg = _error(
+        tmp_path,
+        **{
+            "mixtures.yaml": """
+        mixtures:
+          small: {recipe: nosuch, token_budget: 100}
+    """
+        },
+    )
+    assert "mixtures.small.recipe" in msg and "'nosuch'" in msg and "lenient, strict" in msg
+
+
+def test_dangling_source_in_recipe(tmp_path: Path) -> None:
+    msg = _error(
+        tmp_path,
+        **{
+            "recipes.yaml": """
+        recipes:
+          lenient: {sources: [docstrings, web]}
+    """
+        },
+    )
+    assert "recipes.lenient.sources[1]" in msg and "'web'" in msg and "reference" in msg
+
+
+def test_missing_deepspeed_file(tmp_path: Path) -> None:
+    msg = _error(
+        tmp_path,
+        **{
+            "runs.yaml": """
+        runs:
+          smoke: {mixture: small, deepspeed: zero9}
+    """
+        },
+    )
+    assert "runs.smoke.deepspeed" in msg and "zero9.json" in msg and "zero2" in msg
+
+
+def test_missing_folder_and_bad_yaml(tmp_path: Path) -> None:
+    with pytest.raises(DeclarationError, match="does not exist"):
+        load_experiment(tmp_path / "nowhere")
+    msg = _error(tmp_path, **{"runs.yaml": "runs: [unclosed\n"})
+    assert "runs.yaml" in msg and "not valid YAML" in msg
+
+
+def test_unknown_section_and_duplicate_name(tmp_path: Path) -> None:
+    assert "allowed: sources, recipes, mixtures, runs" in _error(
+        tmp_path, **{"extra.yaml": "recipies: {}\n"}
+    )
+    dup = tmp_path / "dup"
+    write_experiment(dup)
+    (dup / "more.yaml").write_text(
+        textwrap.dedent("""
+        sources:
+          code: {path: raw/elsewhere}
+    """)
+    )
+    with pytest.raises(
+        DeclarationError, match=r"sources.code: already declared in .*(more|sources).yaml"
+    ):
+        load_experiment(dup)
+
+
+def test_invalid_value_names_key(tmp_path: Path) -> None:
+    msg = _error(
+        tmp_path,
+        **{
+            "mixtures.yaml": """
+        mixtures:
+          small: {recipe: lenient, token_budget: 100, strategy: doremi_typo}
+    """
+        },
+    )
+    assert "mixtures.small.strategy" in msg and "natural" in msg and "doremi_typo" in msg
+
+
+def test_manual_weights_must_name_domains(tmp_path: Path) -> None:
+    msg = _error(
+        tmp_path,
+        **{
+            "mixtures.yaml": """
+        mixtures:
+          small: {recipe: lenient, token_budget: 100, strategy: manual,
+                  weights: {docstrings: 1, packages: 2}}
+    """
+        },
+    )
+    assert "mixtures.small.weights.packages" in msg and "allowed: code, docstrings" in msg
+
+
+def test_fingerprint_tracks_only_the_declaration(tmp_path: Path) -> None:
+    exp = load_experiment(_exp(tmp_path))
+    a, b = exp.recipes["lenient"], exp.recipes["strict"]
+    assert fingerprint(a.dedup) == fingerprint(b.dedup)  # same values, same version
+    assert fingerprint(a.steps) != fingerprint(b.steps)

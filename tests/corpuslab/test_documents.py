@@ -1,0 +1,116 @@
+"""Raw readers: JSONL (plain/.gz/.zst) and Parquet; malformed records are set aside, counted."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import zstandard
+
+from corpuslab.documents import (
+    CorpusError,
+    list_shards,
+    read_raw_shard,
+    shard_key,
+    write_parquet,
+)
+
+TOPICS = __import__("pydoc_data.topics", fromlist=["topics"]).topics
+TEXTS = [TOPICS[k] for k in sorted(TOPICS)[:5]]
+
+
+def _jsonl(records: list[object]) -> bytes:
+    return b"".join(json.dumps(r).encode() + b"\n" for r in records)
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".jsonl.gz", ".jsonl.zst"])
+def test_jsonl_formats_read_the_same(tmp_path: Path, suffix: str) -> None:
+    body = _jsonl(
+        [{"id": f"d{i}", "text": t, "url": f"u{i}", "lang": "en"} for i, t in enumerate(TEXTS)]
+    )
+    if suffix.endswith(".gz"):
+        body = gzip.compress(body)
+    elif suffix.endswith(".zst"):
+        body = zstandard.ZstdCompressor().compress(body)
+    path = tmp_path / f"part-00001{suffix}"
+    path.write_bytes(body)
+    res = read_raw_shard(path, "prose")
+    assert res.quarantined == []
+    assert res.table.column("text").to_pylist() == TEXTS
+    assert res.table.column("id").to_pylist() == [f"d{i}" for i in range(5)]
+    assert json.loads(res.table.column("metadata")[0].as_py()) == {"lang": "en"}
+    assert set(res.table.column("source").to_pylist()) == {"prose"}
+    assert shard_key(path) == "part-00001"
+
+
+def test_malformed_lines_are_quarantined_with_reasons(tmp_path: Path) -> None:
+    good = json.dumps({"text": TEXTS[0]}).encode()
+    lines = [
+        good,
+        b"{not json",
+        b"[1, 2, 3]",
+        json.dumps({"text": 7}).encode(),
+        json.dumps({"text": "   "}).encode(),
+        b'{"text": "caf\xe9"}',  # latin-1 byte: invalid UTF-8
+        b"",
+        json.dumps({"id": "x", "text": TEXTS[1]}).encode(),
+        json.dumps({"id": "x", "text": TEXTS[2]}).encode(),
+    ]
+    path = tmp_path / "bad.jsonl"
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    res = read_raw_shard(path, "src")
+    reasons = {q["line"]: q["reason"].split(":")[0] for q in res.quarantined}
+    assert reasons == {
+        2: "invalid_json",
+        3: "not_an_object",
+        4: "missing_text",
+        5: "empty_text",
+        6: "invalid_utf8",
+        9: "duplicate_id",
+    }
+    assert res.table.num_rows == 2 and res.n_read == 8  # the blank line is not a record
+    assert res.table.column("id").to_pylist() == ["src/bad/1", "x"]
+    assert all(q["file"] == str(path) for q in res.quarantined)
+
+
+def test_truncated_gzip_keeps_what_was_read(tmp_path: Path) -> None:
+    body = gzip.compress(_jsonl([{"text": t} for t in TEXTS * 40]))
+    path = tmp_path / "cut.jsonl.gz"
+    path.write_bytes(body[: len(body) // 2])
+    res = read_raw_shard(path, "src")
+    assert 0 < res.table.num_rows < 200
+    assert [q["reason"].split(":")[0] for q in res.quarantined] == ["unreadable_stream"]
+
+
+def test_parquet_input(tmp_path: Path) -> None:
+    path = tmp_path / "p.parquet"
+    pq.write_table(pa.table({"text": [TEXTS[0], None], "url": ["a", "b"]}), path)
+    res = read_raw_shard(path, "src")
+    assert res.table.num_rows == 1
+    assert res.quarantined[0]["reason"].startswith("missing_text")
+
+
+def test_list_shards(tmp_path: Path) -> None:
+    (tmp_path / "a.jsonl").write_text("")
+    (tmp_path / "b.jsonl.zst").write_bytes(b"")
+    (tmp_path / "notes.txt").write_text("ignored")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "c.parquet").write_bytes(b"")
+    assert list(list_shards(tmp_path)) == ["a", "b", "sub_c"]
+    assert list(list_shards(tmp_path, "parquet")) == ["sub_c"]
+    with pytest.raises(CorpusError, match="does not exist"):
+        list_shards(tmp_path / "missing")
+    (tmp_path / "a.jsonl.gz").write_bytes(b"")
+    with pytest.raises(CorpusError, match="same shard key 'a'"):
+        list_shards(tmp_path)
+
+
+def test_write_is_atomic_on_failure(tmp_path: Path) -> None:
+    target = tmp_path / "out.parquet"
+    with pytest.raises(Exception):  # noqa: B017 - any failure mid-write
+        write_parquet("not a table", target)  # type: ignore[arg-type]
+    assert list(tmp_path.iterdir()) == []
