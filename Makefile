@@ -8,6 +8,7 @@ PY     := $(VENV)/bin/python
 export CORPUSLAB_HOME ?= $(CURDIR)/.corpuslab
 export DAGSTER_HOME   ?= $(CORPUSLAB_HOME)/dagster
 export DS_ACCELERATOR ?= cpu
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export MLFLOW_TRACKING_URI ?= sqlite:///$(CORPUSLAB_HOME)/mlflow/mlflow.db
 
 .PHONY: install demo test lint ui mlflow corpus clean
@@ -37,6 +38,7 @@ lint: install
 
 ui: install
 	mkdir -p $(DAGSTER_HOME)
+	test -f $(DAGSTER_HOME)/dagster.yaml || cp infra/dagster/local.yaml $(DAGSTER_HOME)/dagster.yaml
 	$(VENV)/bin/dagster dev
 
 mlflow: install

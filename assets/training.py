@@ -4,6 +4,7 @@ import json
 import os
 import shutil
 import sys
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,8 @@ from corpuslab.config import REPO_ROOT, Experiment
 from resources import CorpuslabHome, MlflowTracking
 
 TRAIN_ENTRYPOINT = REPO_ROOT / "infra" / "entrypoints" / "train.py"
+# PipesSubprocessClient itself touches a preview API on every run; the warning is not ours.
+warnings.filterwarnings("ignore", message=".*expected_writer_count.*", category=dg.PreviewWarning)
 
 
 def launch_command(ranks: int, spec_path: Path) -> list[str]:

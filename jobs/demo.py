@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -17,9 +18,15 @@ from corpuslab.democorpus import build_demo_corpus
 from corpuslab.layout import Layout
 
 
+LOCAL_INSTANCE_YAML = Path(__file__).resolve().parent.parent / "infra" / "dagster" / "local.yaml"
+
+
 def _prepare_environment(layout: Layout) -> None:
     os.environ.setdefault("DAGSTER_HOME", str(layout.dagster_home))
-    Path(os.environ["DAGSTER_HOME"]).mkdir(parents=True, exist_ok=True)
+    dagster_home = Path(os.environ["DAGSTER_HOME"])
+    dagster_home.mkdir(parents=True, exist_ok=True)
+    if not (dagster_home / "dagster.yaml").exists():
+        shutil.copyfile(LOCAL_INSTANCE_YAML, dagster_home / "dagster.yaml")
     os.environ.setdefault("DS_ACCELERATOR", "cpu")
     layout.mlflow_dir.mkdir(parents=True, exist_ok=True)
 
@@ -74,7 +81,7 @@ def summary(defs: dg.Definitions, layout: Layout) -> str:
         out(
             f"== quality_model/{recipe}: held-out accuracy {m.get('accuracy', 0):.3f}, "
             f"precision {m.get('precision', 0):.3f}, recall {m.get('recall', 0):.3f}, "
-            f"AUC {m.get('auc', 0):.3f}; threshold {q.get('threshold', 0):.3f}, "
+            f"AUC {m.get('auc', 0):.3f}; threshold {q.get('threshold', 0):.3g}, "
             f"kept {q.get('kept')} of {q.get('scored')} =="
         )
     for mixture in exp.mixtures:

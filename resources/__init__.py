@@ -58,17 +58,18 @@ class MlflowTracking(dg.ConfigurableResource):
 
 @cache
 def dbt_project() -> DbtProject:
-    """The dbt-duckdb project; parsed once per process (``prepare_if_dev`` under dagster dev)."""
+    """The dbt-duckdb project, its manifest re-parsed when a dbt file is newer (once a process).
+
+    Our own check replaces ``prepare_if_dev`` so that it also runs outside ``dagster dev`` (a
+    clean checkout has no manifest) and uses this environment's dbt even when it is not on PATH.
+    """
     project = DbtProject(project_dir=DBT_DIR, profiles_dir=DBT_DIR)
     sources = [DBT_DIR / "dbt_project.yml", *DBT_DIR.glob("models/**/*"), *DBT_DIR.glob("macros/*")]
     manifest = Path(project.manifest_path)
     if not manifest.exists() or manifest.stat().st_mtime < max(p.stat().st_mtime for p in sources):
-        # `dbt parse`: a clean checkout has no manifest yet
         DbtCliResource(project_dir=project, profiles_dir=str(DBT_DIR), dbt_executable=DBT_EXE).cli(
             ["parse", "--quiet"], target_path=Path("target")
         ).wait()
-    else:
-        project.prepare_if_dev()
     return project
 
 
