@@ -85,7 +85,7 @@ def build_corpus_asset(exp: Experiment, source: str) -> dg.AssetsDefinition:
         kinds={"parquet"},
         description=f"Raw shards of source '{source}' normalized to Parquet "
         f"(declared in {exp.where('sources', source)}).",
-        check_specs=[dg.AssetCheckSpec(CONSERVED, asset=key)],
+        check_specs=[dg.AssetCheckSpec(CONSERVED, asset=key, blocking=True)],
     )
     def _corpus(context: dg.AssetExecutionContext, home: CorpuslabHome) -> dg.MaterializeResult:
         summary = stages.materialize_corpus_shard(exp, home.layout(), source, context.partition_key)
@@ -120,7 +120,7 @@ def build_recipe_assets(exp: Experiment, recipe: str) -> list[dg.AssetsDefinitio
         group_name="pool",
         kinds={"datasketch"},
         description=f"Exact and MinHash-LSH near-duplicates across all shards of '{recipe}'.",
-        check_specs=[dg.AssetCheckSpec("survivors_kept", asset=dedup_key)],
+        check_specs=[dg.AssetCheckSpec("survivors_kept", asset=dedup_key, blocking=True)],
     )
     def _dedup(home: CorpuslabHome) -> dg.MaterializeResult:
         summary = stages.materialize_dedup(exp, home.layout(), recipe)
@@ -170,7 +170,7 @@ def _pool_asset(
         group_name="pool",
         kinds={"parquet"},
         description=f"Recipe '{recipe}' per-document steps over '{source}' (declared in {where}).",
-        check_specs=[dg.AssetCheckSpec(CONSERVED, asset=key)],
+        check_specs=[dg.AssetCheckSpec(CONSERVED, asset=key, blocking=True)],
     )
     def _pool(context: dg.AssetExecutionContext, home: CorpuslabHome) -> dg.MaterializeResult:
         summary = stages.materialize_pool_shard(
@@ -196,7 +196,7 @@ def _filtered_asset(
         group_name="pool",
         kinds={"parquet"},
         description=f"Pool '{recipe}/{source}' minus duplicates, above the quality threshold.",
-        check_specs=[dg.AssetCheckSpec(CONSERVED, asset=key)],
+        check_specs=[dg.AssetCheckSpec(CONSERVED, asset=key, blocking=True)],
     )
     def _filtered(context: dg.AssetExecutionContext, home: CorpuslabHome) -> dg.MaterializeResult:
         summary = stages.materialize_filtered_shard(

@@ -197,9 +197,10 @@ def find_duplicates(ids: Sequence[str], texts: Sequence[str], params: DedupParam
     return result
 
 
-def normalized_hash(text: str) -> bytes:
-    """Digest of the text lowercased with whitespace collapsed: equal for trivial variants."""
-    norm = _SPACE.sub(" ", unicodedata.normalize("NFKC", text).lower()).strip()
+def normalized_hash(text: str, lowercase: bool = True) -> bytes:
+    """Digest of NFKC text, lowercased, whitespace collapsed: equal for trivial variants."""
+    norm = unicodedata.normalize("NFKC", text)
+    norm = _SPACE.sub(" ", norm.lower() if lowercase else norm).strip()
     return hashlib.blake2b(norm.encode("utf-8"), digest_size=16).digest()
 
 

@@ -14,13 +14,14 @@ RefinedWeb (Penedo et al. 2023) reuses these rules in its pipeline; DCLM follows
 
 from __future__ import annotations
 
-import hashlib
 import re
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from corpuslab.dedup import normalized_hash
 
 
 class StepParams(BaseModel):
@@ -146,17 +147,6 @@ class RepeatedLines(Step):
 
 class ExactDedupParams(StepParams):
     lowercase: bool = True
-
-
-_SPACE = re.compile(r"\s+")
-
-
-def normalized_hash(text: str, lowercase: bool = True) -> bytes:
-    """Hash of text with whitespace collapsed (and lowercased): identical docs collide."""
-    norm = _SPACE.sub(" ", text).strip()
-    if lowercase:
-        norm = norm.lower()
-    return hashlib.blake2b(norm.encode("utf-8"), digest_size=16).digest()
 
 
 class ExactDedup(Step):

@@ -11,7 +11,7 @@ from assets.partitions import shard_partitions
 from assets.stages import source_shards
 from corpuslab.config import Experiment, load_experiment
 from corpuslab.layout import Layout
-from resources import resources_for_env
+from resources import CorpuslabHome, resources_for_env
 
 
 def keys_by_stage(assets: list[dg.AssetsDefinition]) -> dict[str, list[dg.AssetKey]]:
@@ -48,7 +48,7 @@ def build_shard_sensor(exp: Experiment) -> dg.SensorDefinition:
         description="Adds a shard partition per new raw file and materializes its corpus shard.",
         asset_selection=dg.AssetSelection.groups("corpus"),
     )
-    def _sensor(context: dg.SensorEvaluationContext, home) -> dg.SensorResult:  # type: ignore[no-untyped-def]
+    def _sensor(context: dg.SensorEvaluationContext, home: CorpuslabHome) -> dg.SensorResult:
         new = shard_requests(exp, home.layout(), context.instance)
         return dg.SensorResult(
             dynamic_partitions_requests=[

@@ -17,7 +17,6 @@ import dagster as dg
 from corpuslab.democorpus import build_demo_corpus
 from corpuslab.layout import Layout
 
-
 LOCAL_INSTANCE_YAML = Path(__file__).resolve().parent.parent / "infra" / "dagster" / "local.yaml"
 
 
