@@ -55,7 +55,8 @@ def summary(defs: dg.Definitions, layout: Layout) -> str:
     con = duckdb.connect(str(layout.duckdb_path), read_only=True)
     rows = con.execute(
         "select stage, recipe, source, documents_in, kept, dropped from stage_summary "
-        "order by recipe, source, stage"
+        "order by source, recipe <> '_', recipe, "
+        "case stage when 'corpus' then 0 when 'pool' then 1 else 2 end"
     ).fetchall()
     counts = con.execute(
         "select stage, recipe, source, outcome, documents from stage_counts "
