@@ -3,7 +3,6 @@
 import json
 import os
 import shutil
-import sys
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -15,24 +14,10 @@ from assets.lm_stages import read_heldout
 from assets.stages import file_digest, read_json, write_json
 from corpuslab.config import REPO_ROOT, Experiment
 from resources import CorpuslabHome, MlflowTracking
+from resources.launcher import TrainingLauncher
 
-TRAIN_ENTRYPOINT = REPO_ROOT / "infra" / "entrypoints" / "train.py"
 # PipesSubprocessClient itself touches a preview API on every run; the warning is not ours.
 warnings.filterwarnings("ignore", message=".*expected_writer_count.*", category=dg.PreviewWarning)
-
-
-def launch_command(ranks: int, spec_path: Path) -> list[str]:
-    """torchrun on this machine; a cluster launcher runs the same entry point with the same spec."""
-    return [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        f"--nproc_per_node={ranks}",
-        str(TRAIN_ENTRYPOINT),
-        "--spec",
-        str(spec_path),
-    ]
 
 
 def run_params(exp: Experiment, run: str) -> dict[str, Any]:
@@ -76,7 +61,7 @@ def build_run_assets(
         context: dg.AssetExecutionContext,
         home: CorpuslabHome,
         mlflow: MlflowTracking,
-        pipes_subprocess_client: dg.PipesSubprocessClient,
+        launcher: TrainingLauncher,
     ) -> dg.MaterializeResult:
         from corpuslab.model import GPTConfig
         from corpuslab.tokenfile import TokenFile
@@ -141,11 +126,8 @@ def build_run_assets(
                 "DS_ACCELERATOR": os.environ.get("DS_ACCELERATOR", "cpu"),
                 "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")]),
             }
-            result = pipes_subprocess_client.run(
-                command=launch_command(rdecl.ranks, spec_path),
-                context=context,
-                env=env,
-                extras={"run": run, "mlflow_run_id": run_id},
+            result = launcher.launch(
+                context, spec_path, rdecl.ranks, env, {"run": run, "mlflow_run_id": run_id}
             ).get_materialize_result()
             summary = read_json(run_dir / "summary.json")
             for k in ("final_loss", "tokens_per_s", "tokens_seen", "num_params", "wall_s"):

@@ -12,6 +12,7 @@ import dagster as dg
 from dagster_dbt import DbtCliResource, DbtProject
 
 from corpuslab.layout import Layout, default_home
+from resources.launcher import TrainingLauncher
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DBT_DIR = REPO_ROOT / "dbt"
@@ -82,7 +83,7 @@ def local_resources(home: Path | None = None) -> dict[str, Any]:
         "mlflow": MlflowTracking(
             tracking_uri=tracking, artifact_root=layout.mlflow_artifacts.as_uri()
         ),
-        "pipes_subprocess_client": dg.PipesSubprocessClient(),
+        "launcher": TrainingLauncher(mode="local"),
         "dbt": DbtCliResource(
             project_dir=dbt_project(), profiles_dir=str(DBT_DIR), dbt_executable=DBT_EXE
         ),
