@@ -16,6 +16,7 @@ from assets.partitions import shard_partitions
 from assets.training import build_run_assets
 from corpuslab.config import Experiment, fingerprint
 from resources import CorpuslabHome
+from resources.storage import StorageResource
 
 # Bump a stage's revision when its library logic changes in a way that changes outputs.
 STAGE_REVISION = {
@@ -87,8 +88,12 @@ def build_corpus_asset(exp: Experiment, source: str) -> dg.AssetsDefinition:
         f"(declared in {exp.where('sources', source)}).",
         check_specs=[dg.AssetCheckSpec(CONSERVED, asset=key, blocking=True)],
     )
-    def _corpus(context: dg.AssetExecutionContext, home: CorpuslabHome) -> dg.MaterializeResult:
-        summary = stages.materialize_corpus_shard(exp, home.layout(), source, context.partition_key)
+    def _corpus(
+        context: dg.AssetExecutionContext, home: CorpuslabHome, storage: StorageResource
+    ) -> dg.MaterializeResult:
+        summary = stages.materialize_corpus_shard(
+            exp, home.layout(), source, context.partition_key, vars(storage.s3_options())
+        )
         if summary["quarantined"]:
             context.log.warning(
                 f"{summary['quarantined']} malformed records set aside: "

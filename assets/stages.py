@@ -9,12 +9,14 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import Counter
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.fs as pafs
 
 from corpuslab import dedup as dedup_lib
 from corpuslab import quality as quality_lib
@@ -30,6 +32,7 @@ from corpuslab.documents import (
 )
 from corpuslab.filters import Pipeline
 from corpuslab.layout import Layout, atomic_path
+from corpuslab.storage import StorageError, open_fs
 
 DECISION_SCHEMA = pa.schema(
     [
@@ -76,28 +79,45 @@ def _decisions(ids: list[str], shard: str, decided: list[tuple[str, str] | None]
     )
 
 
-def source_shards(exp: Experiment, layout: Layout, source: str) -> dict[str, Path]:
+def source_fs(
+    exp: Experiment, layout: Layout, source: str, storage: Mapping[str, Any] | None = None
+) -> tuple[pafs.FileSystem, str]:
+    """The filesystem and path of a source: local, or S3 with the resource's and YAML settings."""
     decl = exp.sources[source]
-    folder = decl.resolve(layout)
+    return open_fs(decl.resolve(layout), **{**(storage or {}), **decl.storage})
+
+
+def source_shards(
+    exp: Experiment, layout: Layout, source: str, storage: Mapping[str, Any] | None = None
+) -> dict[str, Path | str]:
+    decl = exp.sources[source]
     try:
-        return list_shards(folder, decl.format)
-    except CorpusError as exc:
+        fs, path = source_fs(exp, layout, source, storage)
+        return list_shards(path, decl.format, fs=fs)
+    except (CorpusError, StorageError) as exc:
         raise CorpusError(f"source {source!r} ({exp.where('sources', source)}): {exc}") from None
 
 
 # ---------------------------------------------------------------- corpus
 
 
-def materialize_corpus_shard(exp: Experiment, layout: Layout, source: str, shard: str) -> dict:
-    """Normalize one raw file into a Parquet shard; malformed records go to quarantine."""
-    shards = source_shards(exp, layout, source)
+def materialize_corpus_shard(
+    exp: Experiment,
+    layout: Layout,
+    source: str,
+    shard: str,
+    storage: Mapping[str, Any] | None = None,
+) -> dict:
+    """Normalize one raw shard into Parquet; malformed records go to quarantine with reasons."""
+    shards = source_shards(exp, layout, source, storage)
     if shard not in shards:
         raise CorpusError(
             f"source {source!r} has no shard {shard!r} under "
             f"{exp.sources[source].resolve(layout)}; "
             f"known shards: {', '.join(sorted(shards)) or '(none)'}"
         )
-    result = read_raw_shard(shards[shard], source)
+    fs, _ = source_fs(exp, layout, source, storage)
+    result = read_raw_shard(shards[shard], source, fs=fs, shard=shard)
     out = layout.corpus_dir(source) / f"{shard}.parquet"
     qpath = layout.quarantine_dir(source) / f"{shard}.jsonl"
     write_jsonl(result.quarantined, qpath)
@@ -123,6 +143,7 @@ def materialize_corpus_shard(exp: Experiment, layout: Layout, source: str, shard
         "documents": written,
         "quarantined": quarantined,
         "quarantine_reasons": dict(Counter(reasons)),
+        "skipped": dict(result.skipped),
         "text_bytes": int(
             pc.sum(pc.binary_length(result.table.column("text").cast(pa.binary()))).as_py() or 0
         ),

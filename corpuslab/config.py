@@ -22,6 +22,7 @@ from corpuslab.dedup import DedupParams
 from corpuslab.filters import STEPS, StepError, parse_step
 from corpuslab.layout import Layout
 from corpuslab.quality import QualityParams
+from corpuslab.storage import is_url
 
 EXPERIMENTS_ENV = "CORPUSLAB_EXPERIMENTS"
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -38,15 +39,37 @@ class Strict(BaseModel):
 
 
 class SourceDecl(Strict):
-    """A raw corpus: a folder (relative paths are under CORPUSLAB_HOME) of JSONL/Parquet shards."""
+    """A raw corpus: a folder or ``s3://`` prefix of shards (relative paths: under the home).
+
+    ``format``: ``auto`` (JSONL, Parquet, WARC by suffix), ``jsonl``, ``parquet``, ``warc``
+    (HTML responses, main text extracted) or ``text`` (a shard per folder, a document per file).
+    ``storage`` holds per-source S3 settings (``endpoint_url``, ``region``, ``anonymous``);
+    credentials come from the environment or the storage resource, never from YAML.
+    """
 
     path: str
-    format: Literal["auto", "jsonl", "parquet"] = "auto"
+    format: Literal["auto", "jsonl", "parquet", "warc", "text"] = "auto"
     description: str = ""
+    storage: dict[str, str | bool | int] = Field(default_factory=dict)
 
-    def resolve(self, layout: Layout) -> Path:
+    @model_validator(mode="after")
+    def _no_secrets(self) -> SourceDecl:
+        allowed = {"endpoint_url", "region", "anonymous", "max_attempts"}
+        unknown = sorted(set(self.storage) - allowed)
+        if unknown:
+            raise ValueError(
+                f"storage: unknown key(s) {', '.join(unknown)}; "
+                f"allowed: {', '.join(sorted(allowed))} "
+                "(credentials come from the environment or the storage resource)"
+            )
+        return self
+
+    def resolve(self, layout: Layout) -> str:
+        """The source's location: an ``s3://`` URL as declared, else an absolute local path."""
+        if is_url(self.path):
+            return self.path
         p = Path(os.path.expandvars(os.path.expanduser(self.path)))
-        return p if p.is_absolute() else layout.home / p
+        return str(p if p.is_absolute() else layout.home / p)
 
 
 class RecipeDecl(Strict):

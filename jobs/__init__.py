@@ -12,6 +12,7 @@ from assets.stages import source_shards
 from corpuslab.config import Experiment, load_experiment
 from corpuslab.layout import Layout
 from resources import CorpuslabHome, resources_for_env
+from resources.storage import StorageResource
 
 
 def keys_by_stage(assets: list[dg.AssetsDefinition]) -> dict[str, list[dg.AssetKey]]:
@@ -23,14 +24,19 @@ def keys_by_stage(assets: list[dg.AssetsDefinition]) -> dict[str, list[dg.AssetK
 
 
 def shard_requests(
-    exp: Experiment, layout: Layout, instance: dg.DagsterInstance
+    exp: Experiment,
+    layout: Layout,
+    instance: dg.DagsterInstance,
+    storage: StorageResource | None = None,
 ) -> dict[str, list[str]]:
     """New shard keys per source: raw files present on storage but not yet partitions."""
     new: dict[str, list[str]] = {}
     for source in exp.sources:
         pdef = shard_partitions(source)
         try:
-            found = source_shards(exp, layout, source)
+            found = source_shards(
+                exp, layout, source, vars((storage or StorageResource()).s3_options())
+            )
         except ValueError:
             continue  # a missing folder is reported by the corpus asset when it runs
         known = set(instance.get_dynamic_partitions(pdef.name))
@@ -48,8 +54,10 @@ def build_shard_sensor(exp: Experiment) -> dg.SensorDefinition:
         description="Adds a shard partition per new raw file and materializes its corpus shard.",
         asset_selection=dg.AssetSelection.groups("corpus"),
     )
-    def _sensor(context: dg.SensorEvaluationContext, home: CorpuslabHome) -> dg.SensorResult:
-        new = shard_requests(exp, home.layout(), context.instance)
+    def _sensor(
+        context: dg.SensorEvaluationContext, home: CorpuslabHome, storage: StorageResource
+    ) -> dg.SensorResult:
+        new = shard_requests(exp, home.layout(), context.instance, storage)
         return dg.SensorResult(
             dynamic_partitions_requests=[
                 shard_partitions(s).build_add_request(keys) for s, keys in new.items()

@@ -13,6 +13,7 @@ from dagster_dbt import DbtCliResource, DbtProject
 
 from corpuslab.layout import Layout, default_home
 from resources.launcher import TrainingLauncher
+from resources.storage import StorageResource
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DBT_DIR = REPO_ROOT / "dbt"
@@ -84,6 +85,7 @@ def local_resources(home: Path | None = None) -> dict[str, Any]:
             tracking_uri=tracking, artifact_root=layout.mlflow_artifacts.as_uri()
         ),
         "launcher": TrainingLauncher(mode="local"),
+        "storage": StorageResource(),  # S3 settings from the standard AWS environment variables
         "dbt": DbtCliResource(
             project_dir=dbt_project(), profiles_dir=str(DBT_DIR), dbt_executable=DBT_EXE
         ),

@@ -114,3 +114,100 @@ def test_write_is_atomic_on_failure(tmp_path: Path) -> None:
     with pytest.raises(Exception):  # noqa: B017 - any failure mid-write
         write_parquet("not a table", target)  # type: ignore[arg-type]
     assert list(tmp_path.iterdir()) == []
+
+
+def test_text_folders_are_shards_and_files_are_documents(tmp_path: Path) -> None:
+    keys = sorted(TOPICS)[:6]
+    (tmp_path / "guide" / "deep").mkdir(parents=True)
+    (tmp_path / "guide" / ".drafts").mkdir()
+    (tmp_path / "README.md").write_text(TOPICS[keys[0]])
+    (tmp_path / "notes.txt").write_text(TOPICS[keys[1]])
+    (tmp_path / "guide" / "intro.rst").write_text(TOPICS[keys[2]])
+    (tmp_path / "guide" / "data.jsonl").write_text("{}\n")  # not a text file: ignored
+    (tmp_path / "guide" / "deep" / "a.txt").write_text(TOPICS[keys[3]])
+    (tmp_path / "guide" / "deep" / "b.md").write_text(TOPICS[keys[4]])
+    (tmp_path / "guide" / ".drafts" / "wip.txt").write_text(TOPICS[keys[5]])
+    shards = list_shards(tmp_path, "text")
+    assert shards == {
+        "_root": tmp_path,
+        "guide": tmp_path / "guide",
+        "guide_deep": tmp_path / "guide" / "deep",
+    }
+    res = read_raw_shard(shards["guide_deep"], "docs", shard="guide_deep")
+    assert res.quarantined == []
+    assert res.table.column("id").to_pylist() == ["docs/guide_deep/a.txt", "docs/guide_deep/b.md"]
+    assert res.table.column("text").to_pylist() == [TOPICS[keys[3]], TOPICS[keys[4]]]
+    root = read_raw_shard(shards["_root"], "docs", shard="_root")  # its own files, not subfolders
+    assert root.table.column("id").to_pylist() == ["docs/_root/README.md", "docs/_root/notes.txt"]
+    assert list(list_shards(tmp_path)) == ["guide_data"]  # auto never takes text files
+
+
+def test_bad_text_files_are_quarantined(tmp_path: Path) -> None:
+    (tmp_path / "good.txt").write_text(TEXTS[0])
+    (tmp_path / "latin1.txt").write_bytes("café crème".encode("latin-1"))
+    (tmp_path / "blank.md").write_text("  \n\n")
+    res = read_raw_shard(tmp_path, "docs", shard="_root")
+    assert res.table.column("text").to_pylist() == [TEXTS[0]]
+    reasons = {Path(q["file"]).name: q["reason"].split(":")[0] for q in res.quarantined}
+    assert reasons == {"latin1.txt": "invalid_utf8", "blank.md": "empty_text"}
+    assert res.n_read == 3
+
+
+@pytest.mark.parametrize(
+    ("name", "body"),
+    [
+        ("zero.jsonl", b""),
+        ("zero.jsonl.gz", b""),
+        ("nothing.jsonl.gz", gzip.compress(b"")),
+        ("blank.jsonl.zst", zstandard.ZstdCompressor().compress(b"\n\n")),
+        ("zero.parquet", b""),
+    ],
+)
+def test_empty_files_leave_one_quarantine_entry(tmp_path: Path, name: str, body: bytes) -> None:
+    path = tmp_path / name
+    path.write_bytes(body)
+    res = read_raw_shard(path, "src")
+    assert res.table.num_rows == 0
+    assert [q["reason"].split(":")[0] for q in res.quarantined] == ["empty_file"]
+    assert res.n_read == 1
+
+
+def test_zero_row_parquet_is_an_empty_file(tmp_path: Path) -> None:
+    path = tmp_path / "none.parquet"
+    pq.write_table(pa.table({"text": pa.array([], pa.string())}), path)
+    res = read_raw_shard(path, "src")
+    assert [q["reason"].split(":")[0] for q in res.quarantined] == ["empty_file"]
+
+
+def test_multi_frame_zstd_is_read_to_the_end(tmp_path: Path) -> None:
+    frames = [zstandard.ZstdCompressor().compress(_jsonl([{"text": t}])) for t in TEXTS]
+    path = tmp_path / "frames.jsonl.zst"
+    path.write_bytes(b"".join(frames))  # as written by parallel compressors or by appending
+    assert read_raw_shard(path, "src").table.column("text").to_pylist() == TEXTS
+
+
+def test_corrupt_gzip_data_is_quarantined_not_raised(tmp_path: Path) -> None:
+    body = bytearray(gzip.compress(_jsonl([{"text": t} for t in TEXTS * 40])))
+    body[len(body) // 2 : len(body) // 2 + 16] = bytes(16)
+    path = tmp_path / "flip.jsonl.gz"
+    path.write_bytes(bytes(body))
+    res = read_raw_shard(path, "src")  # garbage lines may decode before the stream fails
+    reasons = [q["reason"].split(":")[0] for q in res.quarantined]
+    assert reasons[-1] == "unreadable_stream" and 0 < res.table.num_rows < 200
+    assert set(reasons[:-1]) <= {"invalid_json", "invalid_utf8"}
+
+
+def test_unknown_format_and_missing_shard(tmp_path: Path) -> None:
+    with pytest.raises(CorpusError, match="unknown format 'csv'; allowed: auto, jsonl"):
+        list_shards(tmp_path, "csv")
+    with pytest.raises(CorpusError, match="does not exist"):
+        read_raw_shard(tmp_path / "gone.jsonl", "src")
+
+
+def test_hidden_files_and_folders_are_never_shards(tmp_path: Path) -> None:
+    (tmp_path / ".tmp").mkdir()
+    (tmp_path / ".tmp" / "x.jsonl").write_text("")
+    (tmp_path / ".a.jsonl.123.tmp").write_text("")
+    (tmp_path / ".b.jsonl").write_text("")
+    (tmp_path / "c.jsonl").write_text("")
+    assert list(list_shards(tmp_path)) == ["c"]
