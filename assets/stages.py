@@ -79,6 +79,36 @@ def _decisions(ids: list[str], shard: str, decided: list[tuple[str, str] | None]
     )
 
 
+def doc_key(source: str, shard: str, doc_id: str) -> str:
+    """A key unique across a recipe's shards: ids are only unique within one raw file."""
+    return f"{source}\x1f{shard}\x1f{doc_id}"
+
+
+def split_key(key: str) -> tuple[str, str, str]:
+    source, shard, doc_id = key.split("\x1f", 2)
+    return source, shard, doc_id
+
+
+def _pool_tables(exp: Experiment, layout: Layout, recipe: str, columns: list[str]) -> pa.Table:
+    """Every pool shard of a recipe with ``source``, ``shard`` and the unique ``key`` column."""
+    tables = []
+    for source in exp.recipes[recipe].sources:
+        for path in sorted(layout.pool_dir(recipe, source).glob("*.parquet")):
+            if path.name.startswith("."):
+                continue
+            t = read_parquet(path, columns=["id", *columns])
+            n = t.num_rows
+            keys = [doc_key(source, path.stem, i) for i in t.column("id").to_pylist()]
+            tables.append(
+                t.append_column("source", pa.array([source] * n, pa.string()))
+                .append_column("shard", pa.array([path.stem] * n, pa.string()))
+                .append_column("key", pa.array(keys, pa.string()))
+            )
+    if not tables:
+        raise FileNotFoundError(f"recipe {recipe!r} has no pool shards yet: materialize pool first")
+    return pa.concat_tables(tables)
+
+
 def source_fs(
     exp: Experiment, layout: Layout, source: str, storage: Mapping[str, Any] | None = None
 ) -> tuple[pafs.FileSystem, str]:
@@ -163,7 +193,7 @@ def materialize_pool_shard(
     table = read_parquet(layout.corpus_dir(source) / f"{shard}.parquet")
     pipeline = Pipeline.from_decls(decl.steps)
     decided = pipeline.run(table.column("text").to_pylist())
-    keep_mask = pa.array([d is None for d in decided])
+    keep_mask = pa.array([d is None for d in decided], pa.bool_())
     kept = table.filter(keep_mask)
     out = layout.pool_dir(recipe, source) / f"{shard}.parquet"
     write_parquet(kept, out)
@@ -196,47 +226,46 @@ def materialize_pool_shard(
 def materialize_dedup(exp: Experiment, layout: Layout, recipe: str) -> dict:
     """Exact (normalized hash) then MinHash-LSH near-dup clusters across all shards of a recipe."""
     decl = exp.recipes[recipe]
-    tables = []
-    for source in decl.sources:
-        for path in sorted(layout.pool_dir(recipe, source).glob("*.parquet")):
-            if path.name.startswith("."):
-                continue
-            t = read_parquet(path, columns=["id", "text"])
-            tables.append(
-                t.append_column("source", pa.array([source] * t.num_rows)).append_column(
-                    "shard", pa.array([path.stem] * t.num_rows)
-                )
-            )
-    if not tables:
-        raise FileNotFoundError(f"recipe {recipe!r} has no pool shards yet: materialize pool first")
-    pool = pa.concat_tables(tables)
-    ids = pool.column("id").to_pylist()
+    pool = _pool_tables(exp, layout, recipe, ["text"])
+    keys = pool.column("key").to_pylist()
     texts = pool.column("text").to_pylist()
-    exact = dedup_lib.exact_duplicates(ids, texts)
-    remaining = [i for i, d in enumerate(ids) if d not in exact.drop]
+    exact = dedup_lib.exact_duplicates(keys, texts)
+    remaining = [i for i, k in enumerate(keys) if k not in exact.drop]
     near = dedup_lib.find_duplicates(
-        [ids[i] for i in remaining], [texts[i] for i in remaining], decl.dedup
+        [keys[i] for i in remaining], [texts[i] for i in remaining], decl.dedup
     )
-    rows = [
-        {"id": d, "reason": "exact_duplicate", "duplicate_of": exact.keep_of[d]} for d in exact.drop
-    ] + [{"id": d, "reason": "near_duplicate", "duplicate_of": near.keep_of[d]} for d in near.drop]
-    rows.sort(key=lambda r: r["id"])
-    where = {
-        i: (s, sh)
-        for i, s, sh in zip(
-            ids, pool.column("source").to_pylist(), pool.column("shard").to_pylist(), strict=True
+    # an exact duplicate's survivor may itself be a near duplicate: point at the final survivor
+    dropped_by = [
+        (k, "exact_duplicate", near.keep_of.get(exact.keep_of[k], exact.keep_of[k]))
+        for k in exact.drop
+    ]
+    dropped_by += [(k, "near_duplicate", near.keep_of[k]) for k in near.drop]
+    rows = []
+    for key, reason, survivor in sorted(dropped_by):
+        source, shard, doc_id = split_key(key)
+        rows.append(
+            {
+                "id": doc_id,
+                "reason": reason,
+                "duplicate_of": survivor.replace("\x1f", "/"),
+                "source": source,
+                "shard": shard,
+                "key": key,
+                "survivor_key": survivor,
+            }
         )
-    }
-    for r in rows:
-        r["source"], r["shard"] = where[r["id"]]
+    ids = keys
     out = layout.dedup_dir(recipe) / "drop.parquet"
     schema = pa.schema(
-        [(n, pa.string()) for n in ("id", "reason", "duplicate_of", "source", "shard")]
+        [
+            (n, pa.string())
+            for n in ("id", "reason", "duplicate_of", "source", "shard", "key", "survivor_key")
+        ]
     )
     write_parquet(pa.Table.from_pylist(rows, schema=schema), out)
     # a real invariant: every dropped document points at a survivor that is itself kept
-    dropped = {r["id"] for r in rows}
-    survivors_ok = all(r["duplicate_of"] not in dropped for r in rows)
+    dropped = {r["key"] for r in rows}
+    survivors_ok = all(r["survivor_key"] not in dropped for r in rows)
     summary = {
         "documents": len(ids),
         "exact_duplicates": len(exact.drop),
@@ -260,16 +289,14 @@ def materialize_quality_model(exp: Experiment, layout: Layout, recipe: str) -> d
     params = decl.quality
     qdir = layout.quality_dir(recipe)
     drop = set(
-        read_parquet(layout.dedup_dir(recipe) / "drop.parquet", columns=["id"])
-        .column("id")
+        read_parquet(layout.dedup_dir(recipe) / "drop.parquet", columns=["key"])
+        .column("key")
         .to_pylist()
     )
-    pool_tables = []
-    for source in decl.sources:
-        t = read_parquet_dir(layout.pool_dir(recipe, source), columns=["id", "text"])
-        pool_tables.append(t.append_column("source", pa.array([source] * t.num_rows)))
-    pool = pa.concat_tables(pool_tables)
-    pool = pool.filter(pa.array([i not in drop for i in pool.column("id").to_pylist()]))
+    pool = _pool_tables(exp, layout, recipe, ["text"])
+    pool = pool.filter(
+        pa.array([k not in drop for k in pool.column("key").to_pylist()], pa.bool_())
+    )
     if params is None:
         scores = np.ones(pool.num_rows)
         summary: dict[str, Any] = {"enabled": False, "threshold": 0.0}
@@ -283,8 +310,12 @@ def materialize_quality_model(exp: Experiment, layout: Layout, recipe: str) -> d
                 "materialize its corpus asset"
             )
         rng = np.random.default_rng(params.seed)
-        pos_ids = set(positives_t.column("id").to_pylist())
-        candidates = [i for i, d in enumerate(pool.column("id").to_pylist()) if d not in pos_ids]
+        # negatives never come from the positive source, should a recipe also pool it
+        candidates = [
+            i
+            for i, s in enumerate(pool.column("source").to_pylist())
+            if s != params.positive_source
+        ]
         n_neg = min(params.negative_sample, len(candidates))
         neg_idx = (
             sorted(rng.choice(candidates, size=n_neg, replace=False).tolist()) if n_neg else []
@@ -312,6 +343,7 @@ def materialize_quality_model(exp: Experiment, layout: Layout, recipe: str) -> d
         {
             "id": pool.column("id"),
             "source": pool.column("source"),
+            "shard": pool.column("shard"),
             "score": pa.array(scores, pa.float64()),
         }
     )
@@ -329,13 +361,21 @@ def materialize_filtered_shard(
 ) -> dict:
     """Pool shard minus duplicates minus documents below the quality threshold."""
     table = read_parquet(layout.pool_dir(recipe, source) / f"{shard}.parquet")
-    dups = read_parquet(layout.dedup_dir(recipe) / "drop.parquet")
+
+    def this_shard(t: pa.Table) -> pa.Table:
+        return t.filter(
+            pc.and_(pc.equal(t.column("source"), source), pc.equal(t.column("shard"), shard))
+        )
+
+    dups = this_shard(read_parquet(layout.dedup_dir(recipe) / "drop.parquet"))
     dup_reason = dict(
         zip(dups.column("id").to_pylist(), dups.column("reason").to_pylist(), strict=True)
     )
     qdir = layout.quality_dir(recipe)
     threshold = float(read_json(qdir / "summary.json")["threshold"])
-    scores_t = read_parquet(qdir / "scores.parquet", columns=["id", "score"])
+    scores_t = this_shard(
+        read_parquet(qdir / "scores.parquet", columns=["id", "source", "shard", "score"])
+    )
     score_of = dict(
         zip(scores_t.column("id").to_pylist(), scores_t.column("score").to_pylist(), strict=True)
     )
@@ -354,7 +394,7 @@ def materialize_filtered_shard(
         s = score_of[doc_id]
         doc_scores.append(s)
         decided.append(None if s >= threshold else ("quality", "low_quality_score"))
-    keep_mask = pa.array([d is None for d in decided])
+    keep_mask = pa.array([d is None for d in decided], pa.bool_())
     kept = table.append_column("quality_score", pa.array(doc_scores, pa.float64())).filter(
         keep_mask
     )
