@@ -192,9 +192,14 @@ def materialize_pool_shard(
     decl = exp.recipes[recipe]
     table = read_parquet(layout.corpus_dir(source) / f"{shard}.parquet")
     pipeline = Pipeline.from_decls(decl.steps)
-    decided = pipeline.run(table.column("text").to_pylist())
+    result = pipeline.run(table.column("text").to_pylist())
+    decided = result.decisions
     keep_mask = pa.array([d is None for d in decided], pa.bool_())
-    kept = table.filter(keep_mask)
+    # modifying steps (C4 lines, paragraph dedup) change the text that is kept
+    cleaned = table.set_column(
+        table.schema.get_field_index("text"), "text", pa.array(result.texts, pa.string())
+    )
+    kept = cleaned.filter(keep_mask)
     out = layout.pool_dir(recipe, source) / f"{shard}.parquet"
     write_parquet(kept, out)
     decisions = _decisions(table.column("id").to_pylist(), shard, decided)
@@ -215,6 +220,17 @@ def materialize_pool_shard(
         "kept": n_kept,
         "dropped": n_dropped,
         "drop_reasons": dict(reasons),
+        "modified": sum(result.modified),
+        "steps": {
+            st.name: {
+                "documents_in": st.documents_in,
+                "dropped": dict(st.dropped),
+                "modified": st.modified,
+                f"{st.unit or 'unit'}s_removed": st.removed,
+                "seconds": round(st.seconds, 3),
+            }
+            for st in result.steps
+        },
         "conserved": n_kept + n_dropped == table.num_rows,
         "data_version": file_digest(out),
     }
@@ -231,8 +247,38 @@ def materialize_dedup(exp: Experiment, layout: Layout, recipe: str) -> dict:
     texts = pool.column("text").to_pylist()
     exact = dedup_lib.exact_duplicates(keys, texts)
     remaining = [i for i, k in enumerate(keys) if k not in exact.drop]
-    near = dedup_lib.find_duplicates(
-        [keys[i] for i in remaining], [texts[i] for i in remaining], decl.dedup
+    # MinHash signatures are cached per pool shard (keyed by its content hash): a new shard
+    # computes only its own, the others are reused
+    sig_dir = layout.dedup_dir(recipe) / "signatures"
+    shard_col = pool.column("shard").to_pylist()
+    source_col = pool.column("source").to_pylist()
+    parts, computed, wanted = [], 0, set()
+    start = 0
+    while start < len(keys):
+        end = start
+        while end < len(keys) and (source_col[end], shard_col[end]) == (
+            source_col[start],
+            shard_col[start],
+        ):
+            end += 1
+        source, shard = source_col[start], shard_col[start]
+        cache = sig_dir / f"source={source}" / f"{shard}.npz"
+        wanted.add(cache)
+        _, sigs, fresh = dedup_lib.shard_signatures(
+            cache,
+            decl.dedup,
+            lambda a=start, b=end: (keys[a:b], texts[a:b]),
+            key=file_digest(layout.pool_dir(recipe, source) / f"{shard}.parquet"),
+        )
+        computed += fresh
+        parts.append(sigs)
+        start = end
+    for stale in sig_dir.glob("*/*.npz"):
+        if stale not in wanted:
+            stale.unlink()
+    signatures = np.concatenate(parts) if parts else np.zeros((0, decl.dedup.num_perm), np.uint64)
+    near = dedup_lib.find_duplicates_from_signatures(
+        [keys[i] for i in remaining], signatures[remaining], decl.dedup
     )
     # an exact duplicate's survivor may itself be a near duplicate: point at the final survivor
     dropped_by = [
@@ -273,6 +319,8 @@ def materialize_dedup(exp: Experiment, layout: Layout, recipe: str) -> dict:
         "clusters": len({near.clusters[d] for d in near.drop}),
         "kept": len(ids) - len(dropped),
         "survivors_kept": survivors_ok,
+        "signature_shards_computed": computed,
+        "signature_shards_reused": len(parts) - computed,
         "params": decl.dedup.model_dump(),
     }
     write_json(summary, layout.dedup_dir(recipe) / "summary.json")

@@ -50,3 +50,10 @@ def test_dedup_across_shards_with_clashing_ids(tmp_path: Path) -> None:
         ("s1", "3"): ("exact_duplicate", "a/s0/1"),
         ("s1", "1"): ("near_duplicate", "a/s0/1"),
     }
+    assert summary["signature_shards_computed"] == 2
+
+    # a new shard: only its signatures are computed, the old ones are reused
+    write_parquet(_docs("a", [("9", near.replace("paragraph", "section", 2))]), pool / "s2.parquet")
+    again = stages.materialize_dedup(exp, layout, "r")
+    assert again["signature_shards_computed"] == 1 and again["signature_shards_reused"] == 2
+    assert again["near_duplicates"] == 2

@@ -6,16 +6,34 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from corpuslab.democorpus import code_records, reference_records, take
+from corpuslab import quality
+from corpuslab.democorpus import code_records, package_records, reference_records, take
 from corpuslab.quality import (
+    LABEL_HQ,
+    LABEL_LQ,
     QualityParams,
     load_model,
+    normalize_batch,
     normalize_for_fasttext,
     roc_auc,
     score_texts,
     select,
     train_quality_model,
 )
+
+# Edge cases around the compiled normalizer's byte/code-point handling: empty and blank text,
+# NUL and file-separator controls (whitespace to Python), no-break and em spaces, full-width
+# letters and ligatures (NFKC), dotted capital I (lowercases to two code points), astral
+# letters and emoji, and a lone surrogate.
+EDGE_TEXTS = [
+    "",
+    " \t\n ",
+    "a\x00b\x1cc\x1fd",
+    "Caf\u00e9\u00a0au\u2003lait \u2014 \u201cquoted\u201d, \uff26\uff35\uff2c\uff2c \ufb01ne",
+    "\u0130stanbul \u01c4emal STRASSE stra\u00dfe",
+    "\U00020000\U0001d400x \U0001f600 ok_1 snake_case x+=1",
+    "x\ud800y",
+]
 
 
 @pytest.fixture(scope="module")
@@ -105,3 +123,43 @@ def test_params_need_exactly_one_selection_rule():
 def test_model_path_accepts_str(trained, texts):
     _, path, _ = trained
     assert np.array_equal(score_texts(str(path), texts[0][:2]), score_texts(path, texts[0][:2]))
+
+
+def test_batch_normalization_equals_the_regex_definition(texts):
+    positives, negatives = texts
+    real = positives[:40] + negatives[:40] + [r["text"] for r in take(package_records(), 40)]
+    batch = real + EDGE_TEXTS
+    assert any(not t.isascii() for t in real)
+    assert normalize_batch(batch) == [normalize_for_fasttext(t) for t in batch]
+    assert normalize_batch(real[:3]) == [normalize_for_fasttext(t) for t in real[:3]]  # ASCII
+    assert normalize_batch([]) == []
+
+
+def test_scores_equal_one_predict_per_normalized_text(trained, texts):
+    _, path, _ = trained
+    model = load_model(path)
+    sample = texts[0][:30] + texts[1][:30] + EDGE_TEXTS[:-1]
+    expected = []
+    for text in sample:
+        labels, probs = model.predict([normalize_for_fasttext(text)], k=-1)
+        p = dict(zip(labels[0], np.asarray(probs[0], dtype=np.float64), strict=True))
+        expected.append(p.get(LABEL_HQ, 1.0 - p.get(LABEL_LQ, 1.0)))
+    assert np.array_equal(score_texts(model, sample), np.clip(expected, 0.0, 1.0))
+
+
+def test_hq_probability_reads_rows_with_one_label(trained, texts):
+    _, path, _ = trained
+    model = load_model(path)
+    sample = normalize_batch(texts[0][:50] + texts[1][-50:])
+    top_labels, top_probs = model.predict(sample, k=1)  # one label per row: the general path
+    scores = quality._hq_probability(top_labels, top_probs)
+    both = quality._hq_probability(*model.predict(sample, k=-1))  # the two-column path
+    assert np.allclose(scores, both, atol=1e-4)  # fastText reports p + 1e-5 for each label
+    assert {row[0] for row in top_labels} == {LABEL_HQ, LABEL_LQ}
+
+
+def test_without_numba_normalization_takes_the_regex_path(texts, monkeypatch):
+    sample = texts[0][:5] + texts[1][:5] + EDGE_TEXTS
+    compiled = normalize_batch(sample)
+    monkeypatch.setattr(quality, "numba", None)
+    assert normalize_batch(sample) == compiled
