@@ -20,6 +20,25 @@ from resources.launcher import TrainingLauncher
 warnings.filterwarnings("ignore", message=".*expected_writer_count.*", category=dg.PreviewWarning)
 
 
+def resumable_mlflow_run(run_dir: Path, spec: Any) -> str | None:
+    """The MLflow run to continue when ``run_dir`` holds an interrupted run of the same spec.
+
+    A killed materialization leaves checkpoints and the spec it ran; re-materializing with the
+    same declaration resumes there (the trainer restores data position and RNG). A changed
+    declaration, or a run that finished, starts over.
+    """
+    spec_file, ml_file = run_dir / "spec.json", run_dir / "mlflow.json"
+    if not (spec_file.is_file() and ml_file.is_file()) or (run_dir / "summary.json").exists():
+        return None
+    old = json.loads(spec_file.read_text())
+    old.pop("mlflow_run_id", None)
+    new = json.loads(spec.model_dump_json())
+    new.pop("mlflow_run_id", None)
+    if old != new:
+        return None
+    return json.loads(ml_file.read_text())["run_id"]
+
+
 def run_params(exp: Experiment, run: str) -> dict[str, Any]:
     """Flat MLflow params: recipe, mixture weights, model and optimization settings."""
     rdecl = exp.runs[run]
@@ -35,8 +54,10 @@ def run_params(exp: Experiment, run: str) -> dict[str, Any]:
         "ranks": rdecl.ranks,
         "tokenizer.vocab_size": mdecl.tokenizer.vocab_size,
     }
-    params |= {f"model.{k}": v for k, v in rdecl.model.model_dump().items()}
-    params |= {f"train.{k}": v for k, v in rdecl.train.model_dump().items()}
+    params |= {f"model.{k}": v for k, v in rdecl.model.model_dump().items() if v is not None}
+    params |= {f"train.{k}": v for k, v in rdecl.train.model_dump().items() if v is not None}
+    if rdecl.init_from is not None:
+        params |= {"init_from.run": rdecl.init_from.run, "init_from.layers": rdecl.init_from.layers}
     return params
 
 
@@ -51,10 +72,22 @@ def build_run_assets(
 
     @dg.asset(
         key=train_key,
-        deps=[dg.AssetKey(["tokens", mixture]), dg.AssetKey(["mixture", mixture])],
+        deps=[
+            dg.AssetKey(["tokens", mixture]),
+            dg.AssetKey(["mixture", mixture]),
+            *([dg.AssetKey(["train", rdecl.init_from.run])] if rdecl.init_from else []),
+        ],
         group_name="train",
         kinds={"deepspeed", "pytorch", "mlflow"},
-        code_version=code_version("train", rdecl.model, rdecl.train, rdecl.ranks, ds_text),
+        code_version=code_version(
+            "train",
+            rdecl.model,
+            rdecl.train,
+            rdecl.ranks,
+            ds_text,
+            rdecl.deepspeed_overrides,
+            rdecl.init_from,
+        ),
         description=f"DeepSpeed ZeRO training run '{run}' on mixture '{mixture}', via Pipes.",
     )
     def _train(
@@ -63,46 +96,62 @@ def build_run_assets(
         mlflow: MlflowTracking,
         launcher: TrainingLauncher,
     ) -> dg.MaterializeResult:
-        from corpuslab.model import GPTConfig
+        from corpuslab.runspec import InitFrom, RunSpec
         from corpuslab.tokenfile import TokenFile
-        from corpuslab.train import RunSpec, TrainConfig, fill_deepspeed_config
+        from corpuslab.train import fill_deepspeed_config
 
         layout = home.layout()
         run_dir = layout.run_dir(run)
-        if run_dir.exists():  # a fresh materialization starts a fresh run
-            shutil.rmtree(run_dir)
-        run_dir.mkdir(parents=True)
         tokens = TokenFile.open(layout.tokens_dir(mixture))
         mdecl = exp.mixtures[mixture]
-        model_cfg = GPTConfig(
-            vocab_size=tokens.meta.vocab_size, seq_len=mdecl.seq_len, **rdecl.model.model_dump()
+        dims = rdecl.model.resolve(tokens.meta.vocab_size, mdecl.seq_len)
+        spec = RunSpec(
+            name=run,
+            tokens_dir=layout.tokens_dir(mixture),
+            out_dir=run_dir,
+            model=dims,
+            train=rdecl.train,
+            deepspeed_config=rdecl.deepspeed_path(),
+            deepspeed_overrides=rdecl.deepspeed_overrides,
+            init_from=None
+            if rdecl.init_from is None
+            else InitFrom(
+                run_dir=layout.run_dir(rdecl.init_from.run), layers=rdecl.init_from.layers
+            ),
+            budget_params=rdecl.model.budget_params(dims),
+            mlflow_tracking_uri=mlflow.tracking_uri,
         )
         client = mlflow.client()
-        mlrun = client.create_run(
-            mlflow.experiment_id(),
-            run_name=f"{run}-{context.run_id[:8]}",
-            tags={
-                "dagster.run_id": context.run_id,
-                "dagster.asset_key": train_key.to_user_string(),
-                "dagster.eval_asset_key": eval_key.to_user_string(),
-                "dagster.code_version": context.assets_def.code_versions_by_key[train_key] or "",
-                "corpuslab.recipe": mdecl.recipe,
-                "corpuslab.mixture": mixture,
-                "corpuslab.run": run,
-            },
-        )
-        run_id = mlrun.info.run_id
-        try:
-            spec = RunSpec(
-                name=run,
-                tokens_dir=layout.tokens_dir(mixture),
-                out_dir=run_dir,
-                model=model_cfg,
-                train=TrainConfig(**rdecl.train.model_dump()),
-                deepspeed_config=rdecl.deepspeed_path(),
-                mlflow_tracking_uri=mlflow.tracking_uri,
-                mlflow_run_id=run_id,
+        run_id = resumable_mlflow_run(run_dir, spec)
+        if run_id is None:  # a new run: whatever an older declaration left is archived
+            if run_dir.exists():
+                archive = run_dir.with_name(f".{run}.replaced-{context.run_id[:8]}")
+                run_dir.rename(archive)
+                shutil.rmtree(archive, ignore_errors=True)
+            run_dir.mkdir(parents=True)
+            mlrun = client.create_run(
+                mlflow.experiment_id(),
+                run_name=f"{run}-{context.run_id[:8]}",
+                tags={
+                    "dagster.run_id": context.run_id,
+                    "dagster.asset_key": train_key.to_user_string(),
+                    "dagster.eval_asset_key": eval_key.to_user_string(),
+                    "dagster.code_version": context.assets_def.code_versions_by_key[train_key]
+                    or "",
+                    "corpuslab.recipe": mdecl.recipe,
+                    "corpuslab.mixture": mixture,
+                    "corpuslab.run": run,
+                },
             )
+            run_id = mlrun.info.run_id
+            write_json(
+                {"run_id": run_id, "tracking_uri": mlflow.tracking_uri}, run_dir / "mlflow.json"
+            )
+        else:
+            context.log.info(f"resuming run {run} (MLflow run {run_id}) from its last checkpoint")
+            client.set_tag(run_id, "dagster.resumed_by", context.run_id)
+        spec = spec.model_copy(update={"mlflow_run_id": run_id})
+        try:
             spec_path = run_dir / "spec.json"
             spec_path.write_text(spec.model_dump_json(indent=2))
             ds_filled = fill_deepspeed_config(json.loads(ds_text), spec, world_size=rdecl.ranks)
@@ -111,8 +160,10 @@ def build_run_assets(
             params = run_params(exp, run) | {
                 f"mixture.weight.{d}": round(w, 6) for d, w in mix_summary["weights"].items()
             }
+            logged = client.get_run(run_id).data.params
             for k, v in params.items():
-                client.log_param(run_id, k, v)
+                if k not in logged:  # a resumed run already has them
+                    client.log_param(run_id, k, v)
             for path in (
                 spec_path,
                 run_dir / "deepspeed_config.json",
@@ -168,18 +219,23 @@ def build_run_assets(
         layout = home.layout()
         run_dir = layout.run_dir(run)
         heldout = read_heldout(layout, mixture, rdecl.eval.max_docs_per_domain)
-        results = evaluate_domains(
-            run_dir,
-            layout.tokenizer_dir(mixture) / "tokenizer.json",
-            heldout,
-            batch_size=rdecl.eval.batch_size,
-        )
-        bpb = {d: r["bpb"] for d, r in results.items()}
+        tokenizer = layout.tokenizer_dir(mixture) / "tokenizer.json"
+        metrics: dict[str, float] = {}
+        results: dict[str, Any] = {}
+        # the final weights, and the LAWA checkpoint average when the run declared one
+        for weights, prefix in (("model.pt", "eval"), ("model_lawa.pt", "eval_lawa")):
+            if not (run_dir / weights).exists():
+                continue
+            per_domain = evaluate_domains(
+                run_dir, tokenizer, heldout, batch_size=rdecl.eval.batch_size, weights=weights
+            )
+            results[prefix] = per_domain
+            bpb = {d: r["bpb"] for d, r in per_domain.items()}
+            metrics |= {f"{prefix}.bpb.{d}": v for d, v in bpb.items()}
+            metrics[f"{prefix}.bpb.mean"] = sum(bpb.values()) / len(bpb)
+            metrics[f"{prefix}.bpb.worst"] = max(bpb.values())
         run_id = read_json(run_dir / "mlflow.json")["run_id"]
         client = mlflow.client()
-        metrics = {f"eval.bpb.{d}": v for d, v in bpb.items()}
-        metrics["eval.bpb.mean"] = sum(bpb.values()) / len(bpb)
-        metrics["eval.bpb.worst"] = max(bpb.values())
         for k, v in metrics.items():
             client.log_metric(run_id, k, v)
         out = layout.eval_dir(run) / "eval.json"

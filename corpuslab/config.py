@@ -22,6 +22,7 @@ from corpuslab.dedup import DedupParams
 from corpuslab.filters import STEPS, StepError, parse_step
 from corpuslab.layout import Layout
 from corpuslab.quality import QualityParams
+from corpuslab.runspec import ModelSpec, TrainConfig
 from corpuslab.storage import is_url
 
 EXPERIMENTS_ENV = "CORPUSLAB_EXPERIMENTS"
@@ -135,38 +136,6 @@ class MixtureDecl(Strict):
         return self
 
 
-class ModelDecl(Strict):
-    """GPT dimensions (nanoGPT-style)."""
-
-    n_layer: int = Field(2, ge=1)
-    n_head: int = Field(4, ge=1)
-    d_model: int = Field(128, ge=8)
-    dropout: float = Field(0.0, ge=0, lt=1)
-
-    @model_validator(mode="after")
-    def _heads_divide(self) -> ModelDecl:
-        if self.d_model % self.n_head:
-            raise ValueError(f"d_model {self.d_model} is not divisible by n_head {self.n_head}")
-        return self
-
-
-class TrainDecl(Strict):
-    """Optimization settings of one run (filled into the DeepSpeed config's "auto" fields)."""
-
-    steps: int = Field(100, ge=1)
-    micro_batch_size: int = Field(8, ge=1)
-    grad_accum_steps: int = Field(1, ge=1)
-    lr: float = Field(3e-3, gt=0)
-    min_lr: float = Field(3e-4, ge=0)
-    warmup_steps: int = Field(10, ge=0)
-    weight_decay: float = Field(0.033, ge=0)
-    grad_clip: float = Field(1.0, ge=0)
-    seed: int = 0
-    log_every: int = Field(10, ge=1)
-    checkpoint_every: int = Field(50, ge=1)
-    threads: int | None = Field(None, ge=1)
-
-
 class EvalDecl(Strict):
     """Held-out evaluation: per-domain bits-per-byte on documents never trained on."""
 
@@ -174,14 +143,28 @@ class EvalDecl(Strict):
     batch_size: int = Field(16, ge=1)
 
 
+class InheritDecl(Strict):
+    """Inheritune: start from another declared run's embeddings and first ``layers`` blocks."""
+
+    run: str
+    layers: int = Field(ge=1)
+
+
 class RunDecl(Strict):
-    """A training run: a mixture, a model, a DeepSpeed config and evaluation."""
+    """A training run: a mixture, a model (ladder scale or dims), DeepSpeed config and eval.
+
+    ``train`` is :class:`corpuslab.runspec.TrainConfig` (schedule, z-loss, AdaGC, LAWA, spike
+    detection, checkpointing); ``deepspeed`` names ``infra/deepspeed/<name>.json`` or a path,
+    and ``deepspeed_overrides`` is deep-merged into it.
+    """
 
     mixture: str
-    model: ModelDecl = ModelDecl()
+    model: ModelSpec = ModelSpec(n_layer=2, n_head=4, d_model=128)
     deepspeed: str = "zero2"
+    deepspeed_overrides: dict[str, Any] = Field(default_factory=dict)
     ranks: int = Field(1, ge=1)
-    train: TrainDecl = TrainDecl()
+    train: TrainConfig = TrainConfig(steps=100)
+    init_from: InheritDecl | None = None
     eval: EvalDecl = EvalDecl()
 
     def deepspeed_path(self) -> Path:
@@ -360,9 +343,23 @@ def _cross_check(exp: Experiment) -> None:
                 f"{exp.where('runs', name)}: runs.{name}.deepspeed: config file {ds} not found; "
                 f"allowed: {', '.join(known)} or a path to a .json file"
             )
-        seq_len = exp.mixtures[run.mixture].seq_len
-        if run.train.micro_batch_size * seq_len <= 0:
-            raise DeclarationError(f"{exp.where('runs', name)}: runs.{name}.train: empty batch")
+        if run.init_from is not None:
+            parent = run.init_from.run
+            if parent not in exp.runs or parent == name:
+                _ref_error(
+                    exp,
+                    "runs",
+                    name,
+                    "init_from.run",
+                    parent,
+                    {r: None for r in exp.runs if r != name},
+                )
+            if exp.runs[parent].mixture != run.mixture:
+                raise DeclarationError(
+                    f"{exp.where('runs', name)}: runs.{name}.init_from.run: {parent!r} trained on "
+                    f"mixture {exp.runs[parent].mixture!r}, whose tokenizer differs from "
+                    f"{run.mixture!r}'s; inherited embeddings need the same mixture"
+                )
 
 
 def fingerprint(*parts: Any) -> str:

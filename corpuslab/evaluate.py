@@ -20,6 +20,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from tokenizers import Tokenizer
 
@@ -28,14 +29,43 @@ from corpuslab.model import GPT, IGNORE_INDEX, GPTConfig
 EOS_TOKEN = "<|endoftext|>"
 
 
-def load_model(run_dir: str | Path, map_location: str | torch.device = "cpu") -> GPT:
-    """Rebuild a trained model from ``model_config.json`` and ``model.pt`` in a run folder."""
+def load_model(
+    run_dir: str | Path, map_location: str | torch.device = "cpu", weights: str = "model.pt"
+) -> GPT:
+    """Rebuild a trained model from ``model_config.json`` and a state dict in a run folder.
+
+    ``weights`` picks the state dict: ``model.pt`` (the final weights) or ``model_lawa.pt``
+    (the average of the last checkpoints, when the run declared ``lawa_k``).
+    """
     run = Path(run_dir)
     config = GPTConfig(**json.loads((run / "model_config.json").read_text()))
     model = GPT(config)
-    state = torch.load(run / "model.pt", map_location=map_location, weights_only=True)
+    state = torch.load(run / weights, map_location=map_location, weights_only=True)
     model.load_state_dict(state)
     return model.eval()
+
+
+@torch.no_grad()
+def sequence_loss(model: GPT, rows: np.ndarray, batch_size: int = 16) -> float:
+    """Mean cross-entropy in nats per token over token-file rows (inputs ``row[:-1]``).
+
+    Scores every target of every row once, in full-length windows, as training does: the
+    held-out loss of a run is comparable to its training loss.
+    """
+    if len(rows) == 0:
+        raise ValueError("no rows to score")
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    for start in range(0, len(rows), batch_size):
+        block = torch.from_numpy(np.asarray(rows[start : start + batch_size], dtype=np.int64))
+        block = block.to(device)
+        nll = model.per_token_loss(block[:, :-1], block[:, 1:])
+        total += float(nll.double().sum())
+        count += nll.numel()
+    model.train(was_training)
+    return total / count
 
 
 def _windows(ids: list[int], seq_len: int) -> Iterator[tuple[list[int], list[int]]]:
@@ -129,9 +159,13 @@ def evaluate_domains(
     heldout: dict[str, list[str]],
     seq_len: int | None = None,
     batch_size: int = 8,
+    weights: str = "model.pt",
 ) -> dict[str, dict[str, Any]]:
-    """Bits per byte of a trained run on each held-out domain: ``{domain: metrics}``."""
-    model = load_model(run_dir)
+    """Bits per byte of a trained run on each held-out domain: ``{domain: metrics}``.
+
+    ``weights="model_lawa.pt"`` scores the checkpoint average instead of the final weights.
+    """
+    model = load_model(run_dir, weights=weights)
     return {
         domain: bits_per_byte(model, tokenizer_path, texts, seq_len, batch_size)
         for domain, texts in heldout.items()

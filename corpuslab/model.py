@@ -2,17 +2,21 @@
 
 Pre-LayerNorm decoder blocks, learned positions, tied input/output embeddings, causal attention
 through ``F.scaled_dot_product_attention`` and nanoGPT's initialization (GPT-2 style, with the
-residual projections scaled by ``1 / sqrt(2 * n_layer)``).
+residual projections scaled by ``1 / sqrt(2 * n_layer)``). The training loss can carry PaLM's
+z-loss, and :func:`inherit_weights` starts a model from a trained one's first blocks (Inheritune).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from corpuslab.runspec import ModelDims
 
 IGNORE_INDEX = -1  # targets with this value are neither scored nor counted in the mean loss
 
@@ -36,6 +40,15 @@ class GPTConfig:
             raise ValueError(f"d_model={self.d_model} is not divisible by n_head={self.n_head}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+
+    @classmethod
+    def from_dims(cls, dims: ModelDims) -> GPTConfig:
+        """The config of a run spec's (torch-free) model dims."""
+        return cls(**dims.model_dump())
+
+    def dims(self) -> ModelDims:
+        """The torch-free dims of this config (what a run spec declares)."""
+        return ModelDims(**asdict(self))
 
 
 class LayerNorm(nn.Module):
@@ -118,6 +131,7 @@ class GPT(nn.Module):
             )
         )
         self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
+        self.last_z_loss: torch.Tensor | None = None
         # Weight tying (Press & Wolf 2017): one matrix both embeds tokens and scores them.
         self.transformer.wte.weight = self.lm_head.weight
         self.apply(self._init_weights)
@@ -165,16 +179,30 @@ class GPT(nn.Module):
         return self.lm_head(self.transformer.ln_f(x))
 
     def forward(
-        self, idx: torch.Tensor, targets: torch.Tensor | None = None
+        self, idx: torch.Tensor, targets: torch.Tensor | None = None, z_loss: float = 0.0
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Logits of shape (B, T, vocab) and, given targets, the mean cross-entropy in nats."""
+        """Logits of shape (B, T, vocab) and, given targets, the mean training loss in nats.
+
+        The loss is the cross-entropy plus, when ``z_loss > 0``, PaLM's auxiliary
+        ``z_loss * mean(log(Z)^2)`` (Z the softmax normalizer), which keeps the logits from
+        drifting; the z-term's detached value is left in ``self.last_z_loss`` for logging.
+        """
         logits = self._logits(idx)
         if targets is None:
             return logits, None
-        loss = F.cross_entropy(
-            logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=IGNORE_INDEX
-        )
-        return logits, loss
+        flat, tgt = logits.view(-1, logits.size(-1)), targets.reshape(-1)
+        if z_loss <= 0.0:
+            self.last_z_loss = None
+            return logits, F.cross_entropy(flat, tgt, ignore_index=IGNORE_INDEX)
+        # One log-sum-exp serves both terms: CE = lse - logit[target].
+        lse = torch.logsumexp(flat.float(), dim=-1)
+        keep = tgt != IGNORE_INDEX
+        picked = flat.gather(1, tgt.clamp(min=0).unsqueeze(1)).squeeze(1).float()
+        count = keep.sum().clamp(min=1)
+        ce = ((lse - picked) * keep).sum() / count
+        z_term = z_loss * (lse.square() * keep).sum() / count
+        self.last_z_loss = z_term.detach()
+        return logits, ce + z_term
 
     def per_token_loss(self, idx: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Unreduced negative log-likelihood in nats, shape (B, T); 0 where target is ignored."""
@@ -186,3 +214,46 @@ class GPT(nn.Module):
             reduction="none",
         )
         return nll.view(targets.shape)
+
+
+def inherit_weights(
+    child: GPT, parent_state: Mapping[str, torch.Tensor], parent_config: GPTConfig, layers: int
+) -> list[str]:
+    """Inheritune (Sanyal et al. 2024): start ``child`` from a trained parent's first blocks.
+
+    Copies the token embedding (the tied output head too), the position table (its first
+    ``child.seq_len`` rows), blocks ``0 .. layers-1`` and the final norm; later child blocks keep
+    their initialization. Widths, heads, vocabulary and bias must match. Returns the names of
+    the child's tensors that were overwritten.
+    """
+    cc, pc = child.config, parent_config
+    for field in ("d_model", "n_head", "vocab_size", "bias"):
+        if getattr(cc, field) != getattr(pc, field):
+            raise ValueError(
+                f"cannot inherit: child {field}={getattr(cc, field)} but parent has "
+                f"{getattr(pc, field)}"
+            )
+    if not 1 <= layers <= min(pc.n_layer, cc.n_layer):
+        raise ValueError(
+            f"layers={layers} must lie in [1, min(parent n_layer={pc.n_layer}, "
+            f"child n_layer={cc.n_layer})]"
+        )
+    if cc.seq_len > pc.seq_len:
+        raise ValueError(f"child seq_len={cc.seq_len} exceeds the parent's {pc.seq_len}")
+    copied: list[str] = []
+    own = child.state_dict()
+    with torch.no_grad():
+        for name, target in own.items():
+            if name.startswith("transformer.h."):
+                if int(name.split(".")[2]) >= layers:
+                    continue
+            elif not name.startswith(("transformer.wte.", "transformer.wpe.", "transformer.ln_f.")):
+                continue  # lm_head.weight is wte's tensor: copied through it
+            source = parent_state[name]
+            if name == "transformer.wpe.weight":
+                source = source[: cc.seq_len]
+            if source.shape != target.shape:
+                raise ValueError(f"cannot inherit {name}: shape {source.shape} != {target.shape}")
+            target.copy_(source)
+            copied.append(name)
+    return copied

@@ -102,9 +102,14 @@ def summary(defs: dg.Definitions, layout: Layout) -> str:
             f"== train/{run}: {rs.get('steps')} steps, {rs.get('tokens_seen')} tokens, "
             f"{rs.get('tokens_per_s', 0):.0f} tokens/s, loss {rs.get('initial_loss', 0):.3f} -> "
             f"{rs.get('final_loss', 0):.3f}, {rs.get('num_params')} params"
+            + (f", MFU {rs['mfu']:.2%}" if isinstance(rs.get("mfu"), float) else "")
         )
-        bpb = ", ".join(f"{k.split('.')[-1]}={v:.3f}" for k, v in ev.items())
-        out(f"== eval/{run}: bits per byte {bpb}")
+        for prefix, label in (("eval.bpb.", "final weights"), ("eval_lawa.bpb.", "LAWA average")):
+            bpb = ", ".join(
+                f"{k.removeprefix(prefix)}={v:.3f}" for k, v in ev.items() if k.startswith(prefix)
+            )
+            if bpb:
+                out(f"== eval/{run} ({label}): held-out bits per byte {bpb}")
         out(f"== MLflow run id: {ml.get('run_id')}")
     return "\n".join(lines)
 

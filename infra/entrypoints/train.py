@@ -1,8 +1,12 @@
 """Training process entry point: ``torchrun ... infra/entrypoints/train.py --spec spec.json``.
 
 Launched by Dagster through Pipes, rank 0 streams progress as Pipes log lines and reports the
-asset materialization (final loss, throughput, ...) at the end; otherwise, and on other ranks,
-progress goes to stdout as one JSON object per line.
+asset materialization (final loss, throughput, MFU, held-out losses of the final and LAWA
+weights, ...) at the end; otherwise, and on other ranks, progress goes to stdout as one JSON
+object per line. Launching the same spec again after a crash or a kill resumes from the latest
+checkpoint in its ``out_dir`` (``corpuslab.train.train`` decides; a spec that no longer matches
+the checkpoint fails with the list of differences). Also runs as a plain ``python`` process,
+as a world of one.
 """
 
 from __future__ import annotations
@@ -42,9 +46,11 @@ def materialization_metadata(spec: RunSpec, summary: dict[str, Any]) -> dict[str
     """What the Dagster asset records about a finished run."""
     keys = (
         "final_loss", "initial_loss", "tokens_per_s", "tokens_seen", "steps", "skipped_steps",
-        "num_params", "wall_s", "world_size",
+        "num_params", "wall_s", "world_size", "mfu", "zero_stage",
     )  # fmt: skip
+    optional = ("heldout_loss", "heldout_loss_lawa", "resumed_from_step")
     meta: dict[str, Any] = {k: summary[k] for k in keys}
+    meta |= {k: summary[k] for k in optional if summary.get(k) is not None}
     meta["run_dir"] = str(Path(spec.out_dir).resolve())
     if spec.mlflow_run_id:
         meta["mlflow_run_id"] = spec.mlflow_run_id

@@ -190,3 +190,32 @@ def test_fingerprint_tracks_only_the_declaration(tmp_path: Path) -> None:
     a, b = exp.recipes["lenient"], exp.recipes["strict"]
     assert fingerprint(a.dedup) == fingerprint(b.dedup)  # same values, same version
     assert fingerprint(a.steps) != fingerprint(b.steps)
+
+
+def test_inherited_run_must_exist_and_share_the_tokenizer(tmp_path: Path) -> None:
+    msg = _error(tmp_path, **{"runs.yaml": """
+        runs:
+          smoke: {mixture: small, init_from: {run: ghost, layers: 1}}
+    """})
+    assert "runs.smoke.init_from.run" in msg and "'ghost'" in msg
+    files = dict(TINY_EXPERIMENT)
+    files["mixtures.yaml"] = """
+        mixtures:
+          small: {recipe: lenient, token_budget: 100}
+          other: {recipe: strict, token_budget: 100}
+    """
+    files["runs.yaml"] = """
+        runs:
+          parent: {mixture: other}
+          smoke: {mixture: small, init_from: {run: parent, layers: 1}}
+    """
+    with pytest.raises(DeclarationError, match="tokenizer differs"):
+        load_experiment(write_experiment(tmp_path / "mix", files))
+
+
+def test_unknown_scale_lists_the_ladder(tmp_path: Path) -> None:
+    msg = _error(tmp_path, **{"runs.yaml": """
+        runs:
+          smoke: {mixture: small, model: {scale: dclm-7b}}
+    """})
+    assert "runs.smoke.model" in msg and "dclm-6.9b" in msg and "cpu-1m" in msg

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
 from pydoc_data.topics import topics  # Python's own help text: real prose, always installed
@@ -17,7 +18,7 @@ import pytest
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-from corpuslab.evaluate import bits_per_byte, evaluate_domains, load_model
+from corpuslab.evaluate import bits_per_byte, evaluate_domains, load_model, sequence_loss
 from corpuslab.model import GPT, GPTConfig
 
 SEQ_LEN = 64
@@ -36,6 +37,15 @@ def train_bpe(texts: list[str], path: Path, special: list[str]) -> Tokenizer:
     tok.train_from_iterator(texts, trainer)
     tok.save(str(path))
     return tok
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread() -> Iterator[None]:
+    """Small models run as fast on one thread, and a busy machine does not stall them."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -139,3 +149,26 @@ def test_evaluate_domains_scores_each_domain_with_the_saved_model(trained) -> No
     assert set(res) == {"heldout", "train"}
     assert res["heldout"] == bits_per_byte(load_model(run), tok_path, HELDOUT[:4])
     assert all(r["documents"] == 4 and r["bpb"] > 0 for r in res.values())
+
+
+def test_sequence_loss_is_the_mean_token_cross_entropy_of_rows(trained, tmp_path: Path) -> None:
+    run, tok_path = trained
+    model = load_model(run)
+    tok = Tokenizer.from_file(str(tok_path))
+    eos = tok.token_to_id("<|endoftext|>")
+    ids = [i for enc in tok.encode_batch(HELDOUT) for i in [eos, *enc.ids]]
+    n = len(ids) // (SEQ_LEN + 1)
+    rows = np.array(ids[: n * (SEQ_LEN + 1)]).reshape(n, SEQ_LEN + 1)
+    with torch.no_grad():
+        block = torch.from_numpy(rows)
+        _, direct = model(block[:, :-1], block[:, 1:])
+    assert sequence_loss(model, rows, batch_size=3) == pytest.approx(direct.item(), rel=1e-5)
+    assert sequence_loss(model, rows) < sequence_loss(untrained(model.config), rows)
+    with pytest.raises(ValueError, match="no rows"):
+        sequence_loss(model, rows[:0])
+    # Another weights file in the same run folder (e.g. the LAWA average) loads by name.
+    torch.save(untrained(model.config).state_dict(), run / "model_other.pt")
+    other = load_model(run, weights="model_other.pt")
+    assert sequence_loss(other, rows) == pytest.approx(
+        sequence_loss(untrained(model.config), rows), rel=1e-6
+    )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 
 import pytest
 import torch
@@ -10,6 +11,15 @@ import torch
 from corpuslab.model import GPT, IGNORE_INDEX, GPTConfig
 
 CFG = GPTConfig(vocab_size=97, seq_len=16, n_layer=2, n_head=2, d_model=32)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread() -> Iterator[None]:
+    """Tiny models run as fast on one thread, and a busy machine does not stall them."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def make_model(cfg: GPTConfig = CFG, seed: int = 0) -> GPT:
@@ -98,3 +108,22 @@ def test_overfits_a_tiny_batch() -> None:
     # Random tokens are memorized: from ~ln(97) = 4.6 nats to well under 0.5.
     assert first.item() > 4.0
     assert loss.item() < 0.5
+
+
+def test_z_loss_adds_coef_times_mean_squared_log_normalizer() -> None:
+    model = make_model().eval()
+    gen = torch.Generator().manual_seed(2)
+    idx = torch.randint(0, CFG.vocab_size, (2, CFG.seq_len), generator=gen)
+    targets = torch.randint(0, CFG.vocab_size, (2, CFG.seq_len), generator=gen)
+    targets[0, :3] = IGNORE_INDEX
+    logits, ce = model(idx, targets)
+    assert model.last_z_loss is None
+    _, total = model(idx, targets, z_loss=1e-2)
+    kept = targets != IGNORE_INDEX
+    lse = torch.logsumexp(logits, dim=-1)[kept]
+    assert model.last_z_loss.item() == pytest.approx(1e-2 * lse.square().mean().item(), rel=1e-5)
+    assert total.item() == pytest.approx(ce.item() + model.last_z_loss.item(), rel=1e-6)
+    # The z-term pulls log(Z) toward 0: its gradient reaches the weights.
+    model.zero_grad()
+    (total - ce.detach()).backward()
+    assert model.lm_head.weight.grad.abs().sum() > 0

@@ -35,7 +35,9 @@ S3_EXPERIMENT = {
 }
 
 
-def test_s3_source_materializes_with_checks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_s3_source_materializes_with_checks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     raw = build_raw(tmp_path / "raw")
     home = tmp_path / "home"
     exp_dir = write_experiment(tmp_path / "experiments", S3_EXPERIMENT)
@@ -52,8 +54,10 @@ def test_s3_source_materializes_with_checks(tmp_path: Path, monkeypatch: pytest.
         monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
         defs = build_definitions(exp_dir, home=home)
         new = shard_requests(load_experiment(exp_dir), Layout(home), inst)
-        assert new == {"lake": ["crawls_a", "crawls_b", "cut", "empty", "part-0", "part-1",
-                                "part-2"], "notes": ["_root", "guide", "guide_deep"]}
+        assert new == {
+            "lake": ["crawls_a", "crawls_b", "cut", "empty", "part-0", "part-1", "part-2"],
+            "notes": ["_root", "guide", "guide_deep"],
+        }
         for source, keys in new.items():
             inst.add_dynamic_partitions(shard_partitions(source).name, keys)
         reports = materialize_stale(defs, inst, log=lambda _: None)
@@ -62,9 +66,10 @@ def test_s3_source_materializes_with_checks(tmp_path: Path, monkeypatch: pytest.
     layout = Layout(home)
     # corrupt input was set aside with its reason; the shards still completed
     reasons = {
-        shard: [json.loads(line)["reason"].split(":")[0]
-                for line in (layout.quarantine_dir("lake") / f"{shard}.jsonl").read_text()
-                .splitlines()]
+        shard: [
+            json.loads(line)["reason"].split(":")[0]
+            for line in (layout.quarantine_dir("lake") / f"{shard}.jsonl").read_text().splitlines()
+        ]
         for shard in ("cut", "empty", "crawls_b")
     }
     assert reasons["cut"] == ["unreadable_stream"] and reasons["empty"] == ["empty_file"]
