@@ -28,9 +28,14 @@ S3_EXPERIMENT = {
           web:
             sources: [lake, notes]
             steps:
-              - word_count: {min_words: 30}
+              - language_id: {languages: [en], min_score: 0.65}
+              - gopher_repetition: {}
+              - gopher_quality: {min_alpha_words_ratio: 0.6}
+              - c4_quality: {filter_no_terminal_punct: false}
               - exact_dedup: {}
-            dedup: {ngram: 5, num_perm: 64, threshold: 0.8}
+              - paragraph_dedup: {}
+            write_dropped: true
+            dedup: {ngram: 5, num_perm: 128, threshold: 0.8, bands: 16, rows: 8}
     """,
 }
 
