@@ -22,6 +22,7 @@ S3_EXPERIMENT = {
         sources:
           lake: {{path: "s3://{BUCKET}/lake/mixed"}}
           notes: {{path: "s3://{BUCKET}/lake/text", format: text}}
+          reference: {{path: "s3://{BUCKET}/lake/mixed", format: parquet}}
     """,
     "recipes.yaml": """
         recipes:
@@ -36,6 +37,8 @@ S3_EXPERIMENT = {
               - paragraph_dedup: {}
             write_dropped: true
             dedup: {ngram: 5, num_perm: 128, threshold: 0.8, bands: 16, rows: 8}
+            quality: {positive_source: reference, negative_sample: 10, keep_fraction: 0.9,
+                      epoch: 20, lr: 0.5}
     """,
 }
 
@@ -62,6 +65,7 @@ def test_s3_source_materializes_with_checks(
         assert new == {
             "lake": ["crawls_a", "crawls_b", "cut", "empty", "part-0", "part-1", "part-2"],
             "notes": ["_root", "guide", "guide_deep"],
+            "reference": ["part-2"],
         }
         for source, keys in new.items():
             inst.add_dynamic_partitions(shard_partitions(source).name, keys)
@@ -83,3 +87,5 @@ def test_s3_source_materializes_with_checks(
     assert warc and all(d["url"] and "warc_date" in json.loads(d["metadata"]) for d in warc)
     pooled = pq.read_table(layout.pool_dir("web", "lake") / "part-0.parquet").num_rows
     assert pooled > 0
+    quality = json.loads((layout.quality_dir("web") / "summary.json").read_text())
+    assert quality["enabled"] and quality["positives"] == 10 and "auc" in quality["metrics"]
