@@ -193,10 +193,15 @@ def test_fingerprint_tracks_only_the_declaration(tmp_path: Path) -> None:
 
 
 def test_inherited_run_must_exist_and_share_the_tokenizer(tmp_path: Path) -> None:
-    msg = _error(tmp_path, **{"runs.yaml": """
+    msg = _error(
+        tmp_path,
+        **{
+            "runs.yaml": """
         runs:
           smoke: {mixture: small, init_from: {run: ghost, layers: 1}}
-    """})
+    """
+        },
+    )
     assert "runs.smoke.init_from.run" in msg and "'ghost'" in msg
     files = dict(TINY_EXPERIMENT)
     files["mixtures.yaml"] = """
@@ -214,8 +219,13 @@ def test_inherited_run_must_exist_and_share_the_tokenizer(tmp_path: Path) -> Non
 
 
 def test_unknown_scale_lists_the_ladder(tmp_path: Path) -> None:
-    msg = _error(tmp_path, **{"runs.yaml": """
+    msg = _error(
+        tmp_path,
+        **{
+            "runs.yaml": """
         runs:
           smoke: {mixture: small, model: {scale: dclm-7b}}
-    """})
+    """
+        },
+    )
     assert "runs.smoke.model" in msg and "dclm-6.9b" in msg and "cpu-1m" in msg
