@@ -298,6 +298,8 @@ def _signatures_reference(texts: Sequence[str], params: DedupParams) -> np.ndarr
 
 
 if numba is not None:
+    from corpuslab._utf8 import decode_utf8
+
     _u32, _u64 = np.uint32, np.uint64
     _M32 = _u64(MAX_HASH)
     _P61 = _u64(MERSENNE_PRIME)
@@ -342,14 +344,7 @@ if numba is not None:
                     lower = ascii_words[c]
                     is_word = lower != 0
                 else:  # a UTF-8 sequence: decode the code point to look it up
-                    if c < 0xE0:
-                        width, cp = 2, c & 0x1F
-                    elif c < 0xF0:
-                        width, cp = 3, c & 0x0F
-                    else:
-                        width, cp = 4, c & 0x07
-                    for k in range(1, width):
-                        cp = (cp << 6) | (buf[p + k] & 0x3F)
+                    cp, width = decode_utf8(buf, p, c)
                     is_word = unicode_words[cp] != 0
                 if is_word:
                     if not in_word:

@@ -108,6 +108,7 @@ def _unicode_classes() -> np.ndarray:
 
 
 if numba is not None:
+    from corpuslab._utf8 import decode_utf8
 
     @numba.njit(cache=True, nogil=True, boundscheck=False)
     def _ascii_step(out, q, packed, started, in_word):  # noqa: ANN001, ANN202
@@ -155,14 +156,7 @@ if numba is not None:
                     p += 1
                     continue
                 # a UTF-8 sequence (only in text that is not ASCII): decode it to look it up
-                if c < 0xE0:
-                    width, cp = 2, c & 0x1F
-                elif c < 0xF0:
-                    width, cp = 3, c & 0x0F
-                else:
-                    width, cp = 4, c & 0x07
-                for k in range(1, width):
-                    cp = (cp << 6) | (buf[p + k] & 0x3F)
+                cp, width = decode_utf8(buf, p, c)
                 cls = classes[cp]
                 if cls == _SPACE:  # whitespace ends a word and is dropped
                     in_word = False
