@@ -102,19 +102,87 @@ class RecipeDecl(Strict):
 
 
 class TokenizerDecl(Strict):
-    """The byte-level BPE tokenizer trained on the mixture's text."""
+    """The mixture's tokenizer: a byte-level BPE trained on its text, a file, or another's.
 
-    vocab_size: int = Field(4096, ge=260, le=65535)
+    ``file`` points to a Hugging Face ``tokenizer.json`` (relative paths: under the experiments
+    folder) used as is; ``mixture`` shares another mixture's tokenizer asset (same recipe and
+    held-out split, so the tokenizer never saw either mixture's held-out documents). Otherwise
+    a BPE with ``vocab_size`` is trained on up to ``train_bytes`` of the training documents.
+    ``eos_token`` separates documents in the training stream and must be in the vocabulary.
+    """
+
+    vocab_size: int = Field(4096, ge=260, le=2**32 - 1)
     min_frequency: int = Field(2, ge=1)
     train_bytes: int = Field(20_000_000, ge=1000)
+    file: str | None = None
+    mixture: str | None = None
+    eos_token: str = "<|endoftext|>"
+
+    @model_validator(mode="after")
+    def _one_source(self) -> TokenizerDecl:
+        if self.file and self.mixture:
+            raise ValueError("give either 'file' or 'mixture', not both")
+        training = {"vocab_size", "min_frequency", "train_bytes"} & self.model_fields_set
+        if (self.file or self.mixture) and training:
+            what = "file" if self.file else "mixture"
+            raise ValueError(
+                f"{', '.join(sorted(training))} only apply to a trained tokenizer, not one "
+                f"taken from '{what}'"
+            )
+        return self
+
+    def resolve_file(self, root: Path) -> Path | None:
+        """The declared tokenizer file as an absolute path (None: not a file tokenizer)."""
+        if not self.file:
+            return None
+        p = Path(os.path.expandvars(os.path.expanduser(self.file)))
+        return p if p.is_absolute() else (root / p).resolve()
+
+
+class DoReMiDecl(Strict):
+    """DoReMi (Xie et al. 2023): domain weights from a reference and a Group-DRO proxy model.
+
+    Both models have the same size and train on the tokens of ``reference`` (a mixture over the
+    same recipe, typically natural); the proxy reweights its loss by domain weights updated
+    each step from its excess loss over the reference. The result is the weights' average over
+    the proxy's steps. ``eta`` (step size) and ``smoothing`` (toward uniform) default to the
+    reference implementation's 1.0 and 1e-3.
+    """
+
+    reference: str
+    model: ModelSpec = ModelSpec(n_layer=2, n_head=4, d_model=128)
+    deepspeed: str = "zero2"
+    deepspeed_overrides: dict[str, Any] = Field(default_factory=dict)
+    ranks: int = Field(1, ge=1)
+    train: TrainConfig = TrainConfig(steps=100)
+    eta: float = Field(1.0, gt=0)
+    smoothing: float = Field(1e-3, ge=0, lt=1)
+    initial_weights: Literal["uniform", "reference"] = "uniform"
+
+    def deepspeed_path(self) -> Path:
+        return _deepspeed_path(self.deepspeed)
+
+
+STRATEGIES = ("natural", "uniform", "manual", "temperature", "entropy", "doremi")
 
 
 class MixtureDecl(Strict):
-    """Domain weights over a recipe's filtered sources and the token budget they fill."""
+    """Domain weights over a recipe's filtered sources and the token budget they fill.
+
+    ``strategy``: ``natural`` (token-proportional), ``uniform``, ``manual`` (``weights``),
+    ``temperature`` (weights proportional to tokens^(1/``temperature``)), ``entropy`` (BiMix:
+    proportional to each domain's conditional token entropy; ``entropy_normalization``
+    ``linear`` or ``softmax``) or ``doremi`` (``doremi``: reference and proxy training).
+    """
 
     recipe: str
-    strategy: Literal["natural", "manual"] = "natural"
+    strategy: Literal["natural", "uniform", "manual", "temperature", "entropy", "doremi"] = (
+        "natural"
+    )
     weights: dict[str, float] | None = None
+    temperature: float | None = Field(None, gt=0)
+    entropy_normalization: Literal["linear", "softmax"] = "linear"
+    doremi: DoReMiDecl | None = None
     token_budget: int = Field(ge=1)
     seq_len: int = Field(128, ge=8)
     heldout_fraction: float = Field(0.05, gt=0, lt=0.5)
@@ -133,6 +201,14 @@ class MixtureDecl(Strict):
             raise ValueError("weights must be non-negative")
         if self.weights and sum(self.weights.values()) <= 0:
             raise ValueError("weights must not all be zero")
+        if (self.strategy == "temperature") != (self.temperature is not None):
+            raise ValueError(
+                "'temperature' is needed by, and only used with, strategy 'temperature'"
+            )
+        if (self.strategy == "doremi") != (self.doremi is not None):
+            raise ValueError("'doremi' is needed by, and only used with, strategy 'doremi'")
+        if "entropy_normalization" in self.model_fields_set and self.strategy != "entropy":
+            raise ValueError("'entropy_normalization' is only used with strategy 'entropy'")
         return self
 
 
@@ -168,10 +244,15 @@ class RunDecl(Strict):
     eval: EvalDecl = EvalDecl()
 
     def deepspeed_path(self) -> Path:
-        p = Path(self.deepspeed)
-        if p.suffix != ".json":
-            p = DEEPSPEED_DIR / f"{self.deepspeed}.json"
-        return p if p.is_absolute() else REPO_ROOT / p
+        return _deepspeed_path(self.deepspeed)
+
+
+def _deepspeed_path(name: str) -> Path:
+    """``infra/deepspeed/<name>.json`` for a bare name, else the path (relative: to the repo)."""
+    p = Path(name)
+    if p.suffix != ".json":
+        p = DEEPSPEED_DIR / f"{name}.json"
+    return p if p.is_absolute() else REPO_ROOT / p
 
 
 class Experiment(BaseModel):
@@ -191,6 +272,10 @@ class Experiment(BaseModel):
 
     def mixture_domains(self, mixture: str) -> list[str]:
         return list(self.recipes[self.mixtures[mixture].recipe].sources)
+
+    def tokenizer_owner(self, mixture: str) -> str:
+        """The mixture whose ``tokenizer/<name>`` asset ``mixture`` uses (itself unless shared)."""
+        return self.mixtures[mixture].tokenizer.mixture or mixture
 
 
 _MODELS: dict[str, type[Strict]] = {
@@ -333,6 +418,9 @@ def _cross_check(exp: Experiment) -> None:
                 _ref_error(
                     exp, "mixtures", name, f"weights.{domain}", domain, dict.fromkeys(domains)
                 )
+        _check_tokenizer(exp, name, mix)
+        if mix.doremi is not None:
+            _check_doremi(exp, name, mix.doremi)
     for name, run in exp.runs.items():
         if run.mixture not in exp.mixtures:
             _ref_error(exp, "runs", name, "mixture", run.mixture, exp.mixtures)
@@ -360,6 +448,55 @@ def _cross_check(exp: Experiment) -> None:
                     f"mixture {exp.runs[parent].mixture!r}, whose tokenizer differs from "
                     f"{run.mixture!r}'s; inherited embeddings need the same mixture"
                 )
+
+
+def _same_split(a: MixtureDecl, b: MixtureDecl) -> list[str]:
+    """Fields that must agree for two mixtures to share data (recipe and held-out split)."""
+    return [k for k in ("recipe", "heldout_fraction", "seed") if getattr(a, k) != getattr(b, k)]
+
+
+def _check_tokenizer(exp: Experiment, name: str, mix: MixtureDecl) -> None:
+    where = exp.where("mixtures", name)
+    tdecl = mix.tokenizer
+    if tdecl.file:
+        path = tdecl.resolve_file(exp.root)
+        if path is None or not path.is_file():
+            raise DeclarationError(
+                f"{where}: mixtures.{name}.tokenizer.file: {path} is not a file "
+                "(relative paths are under the experiments folder)"
+            )
+    if tdecl.mixture:
+        other = tdecl.mixture
+        owners = {m: None for m, d in exp.mixtures.items() if m != name and not d.tokenizer.mixture}
+        if other not in owners:
+            _ref_error(exp, "mixtures", name, "tokenizer.mixture", other, owners)
+        diffs = _same_split(mix, exp.mixtures[other])
+        if diffs:
+            raise DeclarationError(
+                f"{where}: mixtures.{name}.tokenizer.mixture: {other!r} differs in "
+                f"{', '.join(diffs)}; a shared tokenizer needs the same recipe and held-out split"
+            )
+
+
+def _check_doremi(exp: Experiment, name: str, decl: DoReMiDecl) -> None:
+    where = exp.where("mixtures", name)
+    refs = {m: None for m, d in exp.mixtures.items() if m != name and d.strategy != "doremi"}
+    if decl.reference not in refs:
+        _ref_error(exp, "mixtures", name, "doremi.reference", decl.reference, refs)
+    ref = exp.mixtures[decl.reference]
+    diffs = _same_split(exp.mixtures[name], ref)
+    if diffs:
+        raise DeclarationError(
+            f"{where}: mixtures.{name}.doremi.reference: {decl.reference!r} differs in "
+            f"{', '.join(diffs)}; DoReMi's weights are over the same domains and held-out split"
+        )
+    ds = decl.deepspeed_path()
+    if not ds.is_file():
+        known = sorted(p.stem for p in DEEPSPEED_DIR.glob("*.json"))
+        raise DeclarationError(
+            f"{where}: mixtures.{name}.doremi.deepspeed: config file {ds} not found; "
+            f"allowed: {', '.join(known)} or a path to a .json file"
+        )
 
 
 def fingerprint(*parts: Any) -> str:
