@@ -89,6 +89,14 @@ class Layout:
     def tokens_dir(self, mixture: str) -> Path:
         return self.data / "tokens" / f"mixture={mixture}"
 
+    def encoded_dir(self, tokenizer_owner: str) -> Path:
+        """Per-shard token ids of filtered pools, cached per tokenizer (shared by its mixtures)."""
+        return self.data / "encoded" / f"tokenizer={tokenizer_owner}"
+
+    def doremi_dir(self, mixture: str) -> Path:
+        """DoReMi's reference and proxy runs and the resulting weights of one mixture."""
+        return self.home / "doremi" / mixture
+
     def run_dir(self, run: str) -> Path:
         return self.home / "runs" / run
 
