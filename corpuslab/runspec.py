@@ -265,6 +265,17 @@ class InitFrom(_Strict):
     layers: int = Field(ge=1, description="leading transformer blocks to copy")
 
 
+class DoReMiSpec(_Strict):
+    """Train this run as DoReMi's proxy: Group DRO over the token file's domains."""
+
+    reference_run_dir: Path = Field(description="the finished reference run (same data)")
+    eta: float = Field(1.0, gt=0, description="step size of the weights' update")
+    smoothing: float = Field(1e-3, ge=0, lt=1, description="mixing toward uniform each update")
+    initial_weights: dict[str, float] | None = Field(
+        None, description="domain -> weight to start from; None: uniform"
+    )
+
+
 class RunSpec(_Strict):
     """Everything one training process needs; written as JSON and passed to the entry point."""
 
@@ -278,6 +289,7 @@ class RunSpec(_Strict):
         default_factory=dict, description="deep-merged into the DeepSpeed JSON before filling"
     )
     init_from: InitFrom | None = None
+    doremi: DoReMiSpec | None = None
     budget_params: int | None = Field(
         None, ge=1, description="params behind token_multiplier; None: the model's total"
     )
@@ -395,6 +407,7 @@ def resume_fingerprint(
         "train": train,
         "deepspeed": ds,
         "init_from": spec.init_from.model_dump(mode="json") if spec.init_from else None,
+        "doremi": spec.doremi.model_dump(mode="json") if spec.doremi else None,
         "budget_params": spec.budget_params,
         "tokens": {k: token_meta[k] for k in ("dtype", "seq_len", "n_sequences", "vocab_size")},
         "world_size": world_size,

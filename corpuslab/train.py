@@ -35,6 +35,7 @@ import numpy as np
 import torch
 
 from corpuslab import checkpoints as ckpt
+from corpuslab.doremi import GroupDRO, initial_alpha, load_reference
 from corpuslab.evaluate import sequence_loss
 from corpuslab.layout import atomic_path
 from corpuslab.model import GPT, GPTConfig, inherit_weights
@@ -65,6 +66,7 @@ average_checkpoints = ckpt.average_checkpoints
 Reporter = Callable[[int, dict[str, float]], None]
 AUTO = "auto"
 CHECKPOINTS = "checkpoints"
+DOREMI_REPORT = "doremi.json"  # a DoReMi proxy's weights, trajectory and per-domain losses
 
 
 class TrainingError(RuntimeError):
@@ -420,6 +422,26 @@ def optimizer_state_numel(engine: Any) -> int:
     )
 
 
+def _group_dro(spec: RunSpec, data: TokenFile, device: Any) -> GroupDRO:
+    """DoReMi's proxy state: the reference model and the weights over the file's domains."""
+    dcfg = spec.doremi
+    reference = load_reference(dcfg.reference_run_dir, device)
+    rc, mc = reference.config, spec.model
+    if rc.vocab_size != mc.vocab_size or rc.seq_len < mc.seq_len:
+        raise ValueError(
+            f"DoReMi reference {dcfg.reference_run_dir} (vocab {rc.vocab_size}, seq_len "
+            f"{rc.seq_len}) does not fit the proxy (vocab {mc.vocab_size}, seq_len {mc.seq_len})"
+        )
+    domains = list(data.meta.domains)
+    return GroupDRO(
+        reference=reference,
+        domains=domains,
+        eta=dcfg.eta,
+        smoothing=dcfg.smoothing,
+        alpha=initial_alpha(domains, dcfg.initial_weights),
+    )
+
+
 def _inherit(model: GPT, init: InitFrom) -> list[str]:
     """Load a parent run and copy its first blocks into ``model`` (Inheritune)."""
     parent = Path(init.run_dir)
@@ -515,6 +537,10 @@ def train(spec: RunSpec, reporter: Reporter | None = None) -> dict[str, Any]:
             tc.adagc, [p for p in engine.module.parameters() if p.requires_grad], tc.grad_clip
         )
 
+    dro = _group_dro(spec, data, device) if spec.doremi is not None else None
+    row_domains = np.asarray(data.domains()) if dro is not None else None
+    n_domains = len(data.meta.domains)
+
     start_step, first_loss = 0, float("nan")
     window: collections.deque[float] = collections.deque(maxlen=tc.spike_window)
     if resume_tag is not None:
@@ -523,6 +549,8 @@ def train(spec: RunSpec, reporter: Reporter | None = None) -> dict[str, Any]:
         window.extend(client["loss_window"])
         if adagc is not None:
             adagc.load_state_dict(client["adagc"])
+        if dro is not None:
+            dro.load_state_dict(client["doremi"])
         ckpt.set_rng_state(rank_state["rng"])
 
     sampler = BatchSampler(n_train, plan.micro_batch_size, plan.grad_accum_steps, world, tc.seed)
@@ -537,6 +565,7 @@ def train(spec: RunSpec, reporter: Reporter | None = None) -> dict[str, Any]:
             "initial_loss": first_loss,
             "loss_window": list(window),
             "adagc": adagc.state_dict() if adagc is not None else None,
+            "doremi": dro.state_dict() if dro is not None else None,
         }
         rank_state = {
             "rng": ckpt.rng_state(),
@@ -564,16 +593,29 @@ def train(spec: RunSpec, reporter: Reporter | None = None) -> dict[str, Any]:
             rows = sampler.rank_rows(step, rank)
             sums = torch.zeros(2, dtype=torch.float64, device=device)  # (loss, z-term)
             clipped_frac = None
+            if dro is not None:
+                counts = np.bincount(row_domains[sampler.global_rows(step)], minlength=n_domains)
+                dro.begin_step(torch.from_numpy(counts * mc.seq_len))
             for m in range(accum):
                 x, y = get_batch(data.tokens, rows[m], mc.seq_len)
-                _, loss = engine(x.to(device), y.to(device), z_loss=tc.z_loss)
+                if dro is None:
+                    _, loss = engine(x.to(device), y.to(device), z_loss=tc.z_loss)
+                    sums[0] += loss.detach()
+                    if engine.module.last_z_loss is not None:
+                        sums[1] += engine.module.last_z_loss
+                else:  # DoReMi proxy: the loss is domain-weighted, the logged loss is not
+                    doms = torch.from_numpy(row_domains[np.sort(rows[m])].astype(np.int64))
+                    loss, ce, z = dro.loss(
+                        engine, x.to(device), y.to(device), doms, tc.z_loss, accum * world
+                    )
+                    sums[0] += ce + z
+                    sums[1] += z
                 engine.backward(loss)  # DeepSpeed divides by the accumulation steps itself
                 if adagc is not None and m == accum - 1:
                     clipped_frac = adagc.clip(engine, step)
                 engine.step()  # the optimizer steps only at the accumulation boundary
-                sums[0] += loss.detach()
-                if engine.module.last_z_loss is not None:
-                    sums[1] += engine.module.last_z_loss
+            if dro is not None:
+                dro.end_step(world, device)
             if world > 1:  # every rank sees the same values, so all stop together
                 dist.all_reduce(sums)
             total_loss, z_value = (sums / (accum * world)).tolist()
@@ -617,6 +659,8 @@ def train(spec: RunSpec, reporter: Reporter | None = None) -> dict[str, Any]:
                     metrics["grad_norm"] = float(grad_norm)
                 if clipped_frac is not None:
                     metrics["adagc_clipped_fraction"] = clipped_frac
+                if dro is not None:
+                    metrics |= dro.metrics()
                 last_log_t, last_log_step = now, done
                 if reporter is not None:
                     reporter(done, metrics)
@@ -661,7 +705,11 @@ def train(spec: RunSpec, reporter: Reporter | None = None) -> dict[str, Any]:
     gathered = [torch.zeros_like(numel) for _ in range(world)]
     dist.all_gather(gathered, numel)
     summary["optimizer_state_numel_per_rank"] = [int(t) for t in gathered]
+    if dro is not None:
+        summary["doremi_weights"] = dict(zip(dro.domains, dro.average, strict=True))
     if rank == 0:
+        if dro is not None:
+            _write_json(out / DOREMI_REPORT, dro.report())
         _finish(spec, out, ckpt_dir, final_state, data, n_train, summary)
     dist.barrier()
     return summary

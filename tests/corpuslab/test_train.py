@@ -657,3 +657,56 @@ def test_non_finite_loss_stops_the_run_with_a_clear_error(tmp_path: Path, tokens
     assert "non-finite loss nan at step" in proc.stdout + proc.stderr
     assert not (spec.out_dir / "model.pt").exists()
     assert not (spec.out_dir / "checkpoints" / "latest").exists()
+
+
+def test_doremi_proxy_moves_weights_by_excess_loss_identically_on_one_and_two_ranks(
+    reference: dict, tmp_path: Path, tokens_dir: Path
+) -> None:
+    """The proxy of DoReMi trains against the finished reference run; the all-reduced per-domain
+    sums make the weights the same on one and two ranks, and they follow the excess losses."""
+    from corpuslab.doremi import dro_update
+    from corpuslab.runspec import DoReMiSpec
+
+    base = make_spec(
+        tmp_path / "proxy1",
+        tokens_dir,
+        steps=12,
+        grad_accum_steps=None,
+        global_batch_tokens=16 * SEQ_LEN,
+        log_every=4,
+        checkpoint_every=0,
+        z_loss=1e-4,
+        seed=7,  # not the reference's seed: the proxy starts elsewhere
+    ).model_copy(
+        update={"doremi": DoReMiSpec(reference_run_dir=reference["spec"].out_dir, eta=2.0)}
+    )
+    one = launch(base, tmp_path)
+    assert one.returncode == 0, one.stderr[-4000:]
+    report = json.loads((base.out_dir / "doremi.json").read_text())
+    assert report["domains"] == ["a", "b"] and report["updates"] == 12
+    assert len(report["trajectory"]) == 12
+    avg = report["average_weights"]
+    assert sum(avg.values()) == pytest.approx(1.0)
+    assert all(v > 0 for v in report["mean_excess_loss"].values())  # a fresh proxy lags
+    # Replaying the update on the recorded per-step excess gives the recorded weights.
+    alpha = torch.tensor([0.5, 0.5], dtype=torch.float64)
+    for excess, weights in zip(report["excess_trajectory"], report["trajectory"], strict=True):
+        alpha = dro_update(alpha, torch.tensor(excess, dtype=torch.float64), 2.0, 1e-3)
+        assert alpha.tolist() == pytest.approx(weights, rel=1e-9)
+    mean_alpha = np.mean(report["trajectory"], axis=0)
+    assert [avg["a"], avg["b"]] == pytest.approx(list(mean_alpha / mean_alpha.sum()))
+    # alpha ~ exp(eta * cumulative excess): the domain that lagged more in total leads.
+    total = np.sum(report["excess_trajectory"], axis=0)
+    lead = int(np.argmax(report["trajectory"][-1]))
+    assert lead == int(np.argmax(total)) and report["trajectory"][-1] != [0.5, 0.5]
+    steps = step_lines(one.stdout)
+    assert steps[12]["doremi.weight.a"] == pytest.approx(report["final_weights"]["a"])
+    summary = json.loads((base.out_dir / "summary.json").read_text())
+    assert summary["doremi_weights"] == pytest.approx(avg)
+
+    two_spec = base.model_copy(update={"out_dir": tmp_path / "proxy2"})
+    two = launch(two_spec, tmp_path, ranks=2)
+    assert two.returncode == 0, two.stderr[-4000:]
+    report2 = json.loads((two_spec.out_dir / "doremi.json").read_text())
+    for a, b in zip(report["trajectory"], report2["trajectory"], strict=True):
+        assert a == pytest.approx(b, abs=1e-4)
