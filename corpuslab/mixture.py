@@ -4,6 +4,9 @@ A mixture turns per-domain filtered pools into a list of training documents whos
 follow the declared domain weights. Where a domain holds fewer tokens than its share, its
 documents are repeated and the repetition factor is recorded (Muennighoff et al. 2023, "Scaling
 Data-Constrained Language Models": repeating beyond ~4 epochs degrades the model).
+
+Weights: natural (token-proportional), uniform, manual, temperature (tokens^(1/T)) and BiMix's
+entropy-driven weights (Ge et al. 2024: each domain's conditional token entropy, normalized).
 """
 
 from __future__ import annotations
@@ -38,6 +41,82 @@ def manual_weights(weights: Mapping[str, float], domains: Sequence[str]) -> dict
     return {d: weights.get(d, 0.0) / total for d in domains}
 
 
+def uniform_weights(domains: Sequence[str]) -> dict[str, float]:
+    """The same weight for every domain of the mixture."""
+    if not domains:
+        raise ValueError("a mixture needs at least one domain")
+    return {d: 1.0 / len(domains) for d in domains}
+
+
+def temperature_weights(
+    tokens_per_domain: Mapping[str, int], temperature: float
+) -> dict[str, float]:
+    """Weights proportional to ``tokens ** (1 / T)``: T=1 is natural, large T tends to uniform.
+
+    Computed in log space, so huge token counts and small temperatures do not overflow.
+    """
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    if sum(tokens_per_domain.values()) <= 0:
+        raise ValueError("no tokens in any domain: every document was filtered out")
+    logs = {d: math.log(n) / temperature for d, n in tokens_per_domain.items() if n > 0}
+    top = max(logs.values())
+    raw = {d: math.exp(logs[d] - top) if d in logs else 0.0 for d in tokens_per_domain}
+    total = sum(raw.values())
+    return {d: w / total for d, w in raw.items()}
+
+
+def conditional_entropy(tokens: np.ndarray, offsets: np.ndarray | None = None) -> float:
+    """H(X_t | X_{t-1}) in bits from the bigram counts of a token stream.
+
+    ``offsets`` (``n_docs + 1`` positions into ``tokens``) marks document boundaries: bigrams
+    never span two documents. H = (sum_a c(a) log2 c(a) - sum_ab c(a,b) log2 c(a,b)) / N over
+    the N bigrams, c(a) counting bigrams whose first token is a. Zero when fewer than one bigram.
+    """
+    tok = np.asarray(tokens).astype(np.uint64, copy=False)
+    if tok.size < 2:
+        return 0.0
+    first, second = tok[:-1], tok[1:]
+    if offsets is not None:
+        starts = np.asarray(offsets, dtype=np.int64)[1:-1]
+        starts = starts[(starts > 0) & (starts < tok.size)]
+        keep = np.ones(tok.size - 1, dtype=bool)
+        keep[starts - 1] = False  # the pair (last token of a doc, first token of the next)
+        first, second = first[keep], second[keep]
+    if first.size == 0:
+        return 0.0
+    width = np.uint64(int(tok.max()) + 1)
+    _, pair_counts = np.unique(first * width + second, return_counts=True)
+    _, ctx_counts = np.unique(first, return_counts=True)
+    pc = pair_counts.astype(np.float64)
+    cc = ctx_counts.astype(np.float64)
+    h = (float(np.dot(cc, np.log2(cc))) - float(np.dot(pc, np.log2(pc)))) / first.size
+    return max(h, 0.0)
+
+
+def entropy_weights(
+    entropy_per_domain: Mapping[str, float], normalization: str = "linear"
+) -> dict[str, float]:
+    """BiMix's entropy-driven weights: ``H_d / sum H`` (linear) or ``softmax(H)``."""
+    if not entropy_per_domain:
+        raise ValueError("a mixture needs at least one domain")
+    if normalization == "linear":
+        total = sum(entropy_per_domain.values())
+        if total <= 0:
+            raise ValueError("every domain has zero conditional entropy: no weights to derive")
+        return {d: h / total for d, h in entropy_per_domain.items()}
+    if normalization == "softmax":
+        top = max(entropy_per_domain.values())
+        raw = {d: math.exp(h - top) for d, h in entropy_per_domain.items()}
+        total = sum(raw.values())
+        return {d: w / total for d, w in raw.items()}
+    raise ValueError(f"entropy normalization must be 'linear' or 'softmax', not {normalization!r}")
+
+
+# Muennighoff et al. 2023 ("To Repeat or Not To Repeat"): beyond ~4 epochs returns diminish.
+MAX_USEFUL_EPOCHS = 4.0
+
+
 @dataclass
 class DomainPlan:
     """How one domain fills its share of the budget."""
@@ -51,6 +130,8 @@ class DomainPlan:
 
 @dataclass
 class MixturePlan:
+    """Weights, per-domain budget fill and the sampled documents of a mixture."""
+
     weights: dict[str, float]
     domains: dict[str, DomainPlan]
     # (domain, document index within that domain's list) in sampling order, repeats included
@@ -58,7 +139,15 @@ class MixturePlan:
 
     @property
     def repeated_domains(self) -> dict[str, float]:
+        """Domains whose documents are used more than once, with their repetition factor."""
         return {d: p.repetition for d, p in self.domains.items() if p.repetition > 1.0}
+
+    @property
+    def over_repeated_domains(self) -> dict[str, float]:
+        """Domains repeated beyond :data:`MAX_USEFUL_EPOCHS`, where extra epochs help little."""
+        return {
+            d: p.repetition for d, p in self.domains.items() if p.repetition > MAX_USEFUL_EPOCHS
+        }
 
 
 def plan_mixture(
