@@ -1,7 +1,8 @@
-"""Tokenizer training and packing of documents into fixed-length training sequences."""
+"""Tokenizers (trained BPE or a user's file) and packing of token streams into training rows."""
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
@@ -14,16 +15,19 @@ EOS = "<|endoftext|>"
 
 
 def train_tokenizer(
-    texts: Iterable[str], vocab_size: int, min_frequency: int, out_path: Path
+    texts: Iterable[str], vocab_size: int, min_frequency: int, out_path: Path, eos_token: str = EOS
 ) -> Tokenizer:
-    """Train a byte-level BPE (GPT-2 style) tokenizer and save it atomically as JSON."""
+    """Train a byte-level BPE (GPT-2 style) tokenizer and save it atomically as JSON.
+
+    ``eos_token`` is its one special token (the document separator of packed rows).
+    """
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
         min_frequency=min_frequency,
-        special_tokens=[EOS],
+        special_tokens=[eos_token],
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
@@ -34,9 +38,43 @@ def train_tokenizer(
 
 
 def load_tokenizer(path: Path) -> Tokenizer:
+    """Load a ``tokenizer.json``; a missing file names the asset that writes it."""
     if not path.is_file():
         raise FileNotFoundError(f"tokenizer {path} is missing: materialize the tokenizer asset")
     return Tokenizer.from_file(str(path))
+
+
+def eos_id(tok: Tokenizer, eos_token: str, path: Path | str) -> int:
+    """The id of ``eos_token``; ValueError naming the tokenizer file when it lacks it."""
+    idx = tok.token_to_id(eos_token)
+    if idx is None:
+        raise ValueError(
+            f"tokenizer {path} has no token {eos_token!r} in its vocabulary: add it, or declare "
+            "the tokenizer's own end-of-text token as the mixture's tokenizer.eos_token"
+        )
+    return int(idx)
+
+
+def vocab_size(tok: Tokenizer) -> int:
+    """One more than the largest id (added tokens included): the embedding rows a model needs."""
+    return max(tok.get_vocab_size(with_added_tokens=True), max(tok.get_vocab().values()) + 1)
+
+
+def install_tokenizer_file(src: Path, dest: Path, eos_token: str) -> Tokenizer:
+    """Check a user's ``tokenizer.json`` (loads, has ``eos_token``), then copy it atomically.
+
+    Nothing is written when a check fails, so a bad file never replaces a good tokenizer.
+    """
+    if not src.is_file():
+        raise FileNotFoundError(f"tokenizer file {src} does not exist")
+    try:
+        tok = Tokenizer.from_file(str(src))
+    except Exception as exc:  # tokenizers raises a bare Exception on malformed JSON
+        raise ValueError(f"tokenizer file {src} does not load: {exc}") from exc
+    eos_id(tok, eos_token, src)
+    with atomic_path(dest) as tmp:
+        shutil.copyfile(src, tmp)
+    return tok
 
 
 def count_tokens(tok: Tokenizer, texts: Sequence[str], batch: int = 1024) -> list[int]:
@@ -47,39 +85,53 @@ def count_tokens(tok: Tokenizer, texts: Sequence[str], batch: int = 1024) -> lis
     return out
 
 
+def pack_rows(
+    streams: Mapping[str, np.ndarray], seq_len: int, seed: int
+) -> tuple[np.ndarray, np.ndarray, dict[str, int]]:
+    """Cut each domain's token stream into rows of ``seq_len + 1`` and shuffle all rows.
+
+    Rows never mix domains, so each row's domain is known (per-domain losses and DoReMi need
+    it); a tail shorter than a row is dropped. Domains are indexed in sorted order. Returns
+    (rows, domain index per row, tokens packed per domain).
+    """
+    width = seq_len + 1
+    names = sorted(streams)
+    dtype = np.result_type(*(streams[d].dtype for d in names)) if names else np.uint16
+    n_rows = {d: len(streams[d]) // width for d in names}
+    total = sum(n_rows.values())
+    rows = np.empty((total, width), dtype=dtype)
+    dom = np.empty(total, dtype=np.int16)
+    order = np.random.default_rng(seed).permutation(total)
+    at = 0
+    for d_index, domain in enumerate(names):
+        n = n_rows[domain]
+        # scatter straight into shuffled positions: one copy of the tokens, no concatenation
+        rows[order[at : at + n]] = streams[domain][: n * width].reshape(n, width)
+        dom[order[at : at + n]] = d_index
+        at += n
+    return rows, dom, {d: n_rows[d] * width for d in names}
+
+
 def pack_sequences(
     tok: Tokenizer,
     texts_by_domain: Mapping[str, Sequence[str]],
     seq_len: int,
     seed: int,
     batch: int = 1024,
+    eos_token: str = EOS,
 ) -> tuple[np.ndarray, np.ndarray, dict[str, int]]:
-    """Encode each domain's documents (EOS-separated), cut rows of ``seq_len + 1`` tokens.
+    """Encode each domain's documents (EOS-separated) and pack them with :func:`pack_rows`.
 
-    Rows never mix domains, so each row's domain is known (per-domain losses need it). The
-    tail shorter than a row is dropped. Rows of all domains are shuffled together with ``seed``.
-    Returns (rows, domain index per row, tokens kept per domain).
+    For texts in memory; the tokens asset packs from the encoded cache instead
+    (:mod:`corpuslab.encoded`), which gives the same rows for the same documents.
     """
-    eos = tok.token_to_id(EOS)
-    if eos is None:
-        raise ValueError(f"tokenizer has no {EOS} token")
-    width = seq_len + 1
-    dtype = np.uint16 if tok.get_vocab_size() <= 65535 else np.uint32
-    rows: list[np.ndarray] = []
-    dom: list[np.ndarray] = []
-    kept: dict[str, int] = {}
-    for d_index, domain in enumerate(sorted(texts_by_domain)):
-        texts = texts_by_domain[domain]
+    eos = eos_id(tok, eos_token, "in memory")
+    dtype = np.uint16 if vocab_size(tok) <= 2**16 else np.uint32
+    streams: dict[str, np.ndarray] = {}
+    for domain, texts in texts_by_domain.items():
         parts: list[np.ndarray] = []
         for i in range(0, len(texts), batch):
-            for enc in tok.encode_batch(list(texts[i : i + batch])):
+            for enc in tok.encode_batch(list(texts[i : i + batch]), add_special_tokens=False):
                 parts.append(np.asarray(enc.ids + [eos], dtype=dtype))
-        stream = np.concatenate(parts) if parts else np.zeros(0, dtype=dtype)
-        n_rows = len(stream) // width
-        rows.append(stream[: n_rows * width].reshape(n_rows, width))
-        dom.append(np.full(n_rows, d_index, dtype=np.int16))
-        kept[domain] = n_rows * width
-    all_rows = np.concatenate(rows) if rows else np.zeros((0, width), dtype=dtype)
-    all_dom = np.concatenate(dom) if dom else np.zeros(0, dtype=np.int16)
-    order = np.random.default_rng(seed).permutation(len(all_rows))
-    return all_rows[order], all_dom[order], kept
+        streams[domain] = np.concatenate(parts) if parts else np.zeros(0, dtype=dtype)
+    return pack_rows(streams, seq_len, seed)
