@@ -12,6 +12,7 @@ from typing import Any
 import dagster as dg
 
 from assets import lm_stages, stages
+from assets.doremi import build_doremi_assets, doremi_keys
 from assets.partitions import shard_partitions
 from assets.training import build_run_assets
 from corpuslab.config import Experiment, fingerprint
@@ -30,6 +31,9 @@ STAGE_REVISION = {
     "tokens": 1,
     "train": 1,
     "eval": 1,
+    "doremi_reference": 1,
+    "doremi_proxy": 1,
+    "doremi_weights": 1,
 }
 CONSERVED = "documents_conserved"
 
@@ -217,29 +221,51 @@ def _filtered_asset(
 def build_mixture_assets(exp: Experiment, mixture: str) -> list[dg.AssetsDefinition]:
     decl = exp.mixtures[mixture]
     filtered = [dg.AssetKey(["filtered", decl.recipe, d]) for d in exp.mixture_domains(mixture)]
-    tok_key = dg.AssetKey(["tokenizer", mixture])
+    owner = exp.tokenizer_owner(mixture)
+    tok_key = dg.AssetKey(["tokenizer", owner])
     mix_key = dg.AssetKey(["mixture", mixture])
     tokens_key = dg.AssetKey(["tokens", mixture])
+    out: list[dg.AssetsDefinition] = []
 
-    @dg.asset(
-        key=tok_key,
-        deps=filtered,
-        group_name="mixture",
-        kinds={"tokenizers"},
-        code_version=code_version("tokenizer", decl.tokenizer, decl.heldout_fraction, decl.seed),
-        description=f"Byte-level BPE tokenizer trained on mixture '{mixture}' documents.",
-    )
-    def _tokenizer(home: CorpuslabHome) -> dg.MaterializeResult:
-        return _result(tok_key, lm_stages.materialize_tokenizer(exp, home.layout(), mixture))
+    if owner == mixture:
+        tdecl = decl.tokenizer
+        tfile = tdecl.resolve_file(exp.root)
+
+        @dg.asset(
+            key=tok_key,
+            deps=filtered,
+            group_name="mixture",
+            kinds={"tokenizers"},
+            code_version=code_version(
+                "tokenizer",
+                tdecl,
+                decl.heldout_fraction,
+                decl.seed,
+                stages.file_digest(tfile) if tfile else None,
+            ),
+            description=f"Tokenizer of mixture '{mixture}': "
+            + (f"the file {tdecl.file}." if tfile else "byte-level BPE trained on its documents."),
+        )
+        def _tokenizer(home: CorpuslabHome) -> dg.MaterializeResult:
+            return _result(tok_key, lm_stages.materialize_tokenizer(exp, home.layout(), mixture))
+
+        out.append(_tokenizer)
+
+    mix_deps = [tok_key, *filtered]
+    if decl.doremi is not None:
+        out += build_doremi_assets(exp, mixture, code_version)
+        mix_deps.append(doremi_keys(mixture)[2])
 
     @dg.asset(
         key=mix_key,
-        deps=[tok_key, *filtered],
+        deps=mix_deps,
         group_name="mixture",
         code_version=code_version(
             "mixture",
             decl.strategy,
             decl.weights,
+            decl.temperature,
+            decl.entropy_normalization if decl.strategy == "entropy" else None,
             decl.token_budget,
             decl.heldout_fraction,
             decl.seed,
@@ -257,13 +283,13 @@ def build_mixture_assets(exp: Experiment, mixture: str) -> list[dg.AssetsDefinit
         deps=[mix_key, tok_key],
         group_name="mixture",
         kinds={"numpy"},
-        code_version=code_version("tokens", decl.seq_len, decl.seed),
+        code_version=code_version("tokens", decl.seq_len, decl.seed, decl.tokenizer.eos_token),
         description=f"Shuffled fixed-length token sequences of mixture '{mixture}'.",
     )
     def _tokens(home: CorpuslabHome) -> dg.MaterializeResult:
         return _result(tokens_key, lm_stages.materialize_tokens(exp, home.layout(), mixture))
 
-    return [_tokenizer, _mixture, _tokens]
+    return [*out, _mixture, _tokens]
 
 
 def build_assets(exp: Experiment) -> list[dg.AssetsDefinition]:

@@ -84,12 +84,24 @@ def summary(defs: dg.Definitions, layout: Layout) -> str:
             f"AUC {m.get('auc', 0):.3f}; threshold {q.get('threshold', 0):.3g}, "
             f"kept {q.get('kept')} of {q.get('scored')} =="
         )
-    for mixture in exp.mixtures:
+    for mixture, mdecl in exp.mixtures.items():
+        if mdecl.doremi is not None:
+            dw = _read(layout.doremi_dir(mixture) / "weights.json")
+            excess = ", ".join(f"{d}={v:.3f}" for d, v in dw.get("mean_excess_loss", {}).items())
+            out(
+                f"== doremi/{mixture}: proxy trained {dw.get('steps')} steps against the "
+                f"reference on '{mdecl.doremi.reference}'; mean excess loss (nats/token) {excess}"
+            )
         mx = _read(layout.mixture_dir(mixture) / "mixture.json")
         tk = _read(layout.tokens_dir(mixture) / "summary.json")
         weights = ", ".join(f"{d}={w:.3f}" for d, w in mx.get("weights", {}).items())
         reps = ", ".join(f"{d}={p['repetition']:.2f}x" for d, p in mx.get("domains", {}).items())
         out(f"== mixture/{mixture} ({mx.get('strategy')}): weights {weights}; repetition {reps}")
+        if mx.get("entropy"):
+            ent = ", ".join(f"{d}={h:.3f}" for d, h in mx["entropy"].items())
+            out(f"   conditional token entropy (bits): {ent}")
+        for d, factor in (mx.get("over_repeated") or {}).items():
+            out(f"   WARNING: {d} repeated {factor:.1f}x (beyond ~4 epochs repetition hurts)")
         out(
             f"== tokens/{mixture}: {tk.get('sequences')} sequences x {tk.get('seq_len')} = "
             f"{tk.get('tokens')} tokens; per domain {tk.get('tokens_per_domain')}"
@@ -111,6 +123,34 @@ def summary(defs: dg.Definitions, layout: Layout) -> str:
             if bpb:
                 out(f"== eval/{run} ({label}): held-out bits per byte {bpb}")
         out(f"== MLflow run id: {ml.get('run_id')}")
+    out(compare_runs(exp, layout))
+    return "\n".join(lines)
+
+
+def compare_runs(exp: object, layout: Layout) -> str:
+    """One row per run: its mixture, tokens and held-out bits per byte per domain and worst."""
+    rows = []
+    domains: list[str] = []
+    for run, rdecl in exp.runs.items():  # type: ignore[attr-defined]
+        ev = _read(layout.eval_dir(run) / "eval.json").get("metrics", {})
+        rs = _read(layout.run_dir(run) / "summary.json")
+        bpb = {
+            k.removeprefix("eval.bpb."): v
+            for k, v in ev.items()
+            if k.startswith("eval.bpb.") and k not in ("eval.bpb.mean", "eval.bpb.worst")
+        }
+        domains += [d for d in bpb if d not in domains]
+        rows.append((run, rdecl.mixture, rs.get("tokens_seen"), bpb, ev.get("eval.bpb.mean"),
+                     ev.get("eval.bpb.worst")))  # fmt: skip
+    head = f"{'run':<13}{'mixture':<9}{'tokens':>8}" + "".join(f"{d:>11}" for d in domains)
+    lines = ["== held-out bits per byte by mixture (same model, same tokens) ==",
+             head + f"{'mean':>8}{'worst':>8}"]  # fmt: skip
+    for run, mixture, tokens, bpb, mean, worst in rows:
+        cells = "".join(f"{bpb[d]:>11.3f}" if d in bpb else f"{'-':>11}" for d in domains)
+        lines.append(
+            f"{run:<13}{mixture:<9}{tokens or 0:>8}{cells}"
+            + (f"{mean:>8.3f}{worst:>8.3f}" if mean is not None else "")
+        )
     return "\n".join(lines)
 
 

@@ -46,6 +46,24 @@ TINY_EXPERIMENT = {
             seq_len: 32
             heldout_fraction: 0.1
             tokenizer: {vocab_size: 512}
+          dro:
+            recipe: lenient
+            strategy: doremi
+            token_budget: 20000
+            seq_len: 32
+            heldout_fraction: 0.1
+            tokenizer: {mixture: small}
+            doremi:
+              reference: small
+              model: {n_layer: 1, n_head: 2, d_model: 32}
+              train: {steps: 6, micro_batch_size: 4, warmup_steps: 2, log_every: 2}
+          entropic:
+            recipe: lenient
+            strategy: entropy
+            token_budget: 20000
+            seq_len: 32
+            heldout_fraction: 0.1
+            tokenizer: {mixture: small}
     """,
     "runs.yaml": """
         runs:

@@ -28,6 +28,15 @@ def test_definitions_module_loads_expected_graph() -> None:
         "tokens/natural",
         "train/tiny",
         "eval/tiny",
+        "doremi/doremi/reference",
+        "doremi/doremi/proxy",
+        "doremi/doremi/weights",
+        "mixture/doremi",
+        "tokens/doremi",
+        "mixture/bimix",
+        "tokens/bimix",
+        "train/tiny_doremi",
+        "train/tiny_bimix",
         "stats/stage_decisions",
         "stats/stage_counts",
         "stats/stage_summary",
@@ -45,6 +54,14 @@ def test_definitions_module_loads_expected_graph() -> None:
     assert "corpus/reference" in parents("quality_model/baseline")
     assert parents("train/tiny") == {"tokens/natural", "mixture/natural"}
     assert "train/tiny" in parents("eval/tiny")
+    # DoReMi: reference and proxy train on natural's tokens; its weights feed mixture/doremi
+    assert {"tokens/natural"} <= parents("doremi/doremi/reference")
+    assert {"doremi/doremi/reference", "tokens/natural"} <= parents("doremi/doremi/proxy")
+    assert parents("doremi/doremi/weights") == {"doremi/doremi/proxy"}
+    assert {"doremi/doremi/weights", "tokenizer/natural"} <= parents("mixture/doremi")
+    # the other mixtures share natural's tokenizer: no tokenizer asset of their own
+    assert "tokenizer/doremi" not in keys and "tokenizer/bimix" not in keys
+    assert "tokenizer/natural" in parents("mixture/bimix")
     assert "pool/baseline/code" in parents("stats/stage_decisions")
     # sharded stages share their source's dynamic partitions
     pdef = graph.get(dg.AssetKey(["pool", "baseline", "code"])).partitions_def

@@ -85,6 +85,42 @@ def test_eval_metrics_and_artifacts_in_mlflow(materialized) -> None:  # type: ig
     assert run.info.status == "FINISHED"
 
 
+def test_doremi_and_entropy_mixtures_materialize_with_their_weights(materialized) -> None:  # type: ignore[no-untyped-def]
+    import json
+
+    home, *_ = materialized
+    layout = Layout(home)
+    weights = json.loads((layout.doremi_dir("dro") / "weights.json").read_text())
+    mix = json.loads((layout.mixture_dir("dro") / "mixture.json").read_text())
+    assert mix["strategy"] == "doremi" and mix["weights"] == pytest.approx(weights["weights"])
+    assert sum(weights["weights"].values()) == pytest.approx(1.0)
+    assert set(weights["weights"]) == {"docstrings", "code"}
+    assert weights["reference_weights"] == pytest.approx(
+        json.loads((layout.mixture_dir("small") / "mixture.json").read_text())["weights"]
+    )
+    assert all(v >= 0 for v in weights["mean_excess_loss"].values())
+    # the proxy's MLflow run holds the trajectory (live metrics, report, plot)
+    proxy = json.loads((layout.doremi_dir("dro") / "proxy" / "mlflow.json").read_text())
+    client = mlflow.MlflowClient(proxy["tracking_uri"])
+    run = client.get_run(proxy["run_id"])
+    assert run.data.tags["corpuslab.doremi.role"] == "proxy" and run.info.status == "FINISHED"
+    history = client.get_metric_history(proxy["run_id"], "doremi.weight.code")
+    assert [m.step for m in history] == [2, 4, 6]
+    files = {a.path for a in client.list_artifacts(proxy["run_id"], "doremi")}
+    assert {"doremi/weights.json", "doremi/weights_trajectory.png", "doremi/doremi.json"} <= files
+    png = layout.doremi_dir("dro") / "weights_trajectory.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # BiMix: weights proportional to each domain's conditional token entropy
+    ent = json.loads((layout.mixture_dir("entropic") / "mixture.json").read_text())
+    total = sum(ent["entropy"].values())
+    assert ent["weights"] == pytest.approx({d: h / total for d, h in ent["entropy"].items()})
+    # shared tokenizer: one tokenizer asset, every mixture's tokens under it
+    for m in ("small", "dro", "entropic"):
+        meta = json.loads((layout.tokens_dir(m) / "meta.json").read_text())
+        assert meta["tokenizer"] == str(layout.tokenizer_dir("small") / "tokenizer.json")
+    assert not layout.tokenizer_dir("dro").exists()
+
+
 def test_dbt_counts_add_up(materialized) -> None:  # type: ignore[no-untyped-def]
     home, *_ = materialized
     con = duckdb.connect(str(Layout(home).duckdb_path), read_only=True)
@@ -169,5 +205,11 @@ def test_editing_one_recipe_stales_only_its_descendants(materialized, tmp_path: 
         "tokens/small",
         "train/smoke",
         "eval/smoke",
+        "doremi/dro/reference",
+        "doremi/dro/proxy",
+        "doremi/dro/weights",
+        "mixture/dro",
+        "tokens/dro",
+        "mixture/entropic",
     } <= touched
     assert not any(k.startswith(("corpus/", "pool/strict", "dedup/strict")) for k in touched)
