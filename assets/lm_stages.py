@@ -37,6 +37,15 @@ def tokenizer_path(exp: Experiment, layout: Any, mixture: str) -> Path:
     return layout.tokenizer_dir(exp.tokenizer_owner(mixture)) / "tokenizer.json"
 
 
+def eos_token(exp: Experiment, mixture: str) -> str:
+    """The document separator: the mixture's ``tokenizer.eos_token``, or, when it shares
+    another mixture's tokenizer without declaring one, the owner's (the tokenizer's own)."""
+    tdecl = exp.mixtures[mixture].tokenizer
+    if tdecl.mixture and "eos_token" not in tdecl.model_fields_set:
+        return exp.mixtures[exp.tokenizer_owner(mixture)].tokenizer.eos_token
+    return tdecl.eos_token
+
+
 def encode_mixture_pools(exp: Experiment, layout: Any, mixture: str) -> enc_lib.EncodedPools:
     """Cache entries of every filtered shard of the mixture's domains (encoding what is new)."""
     mdecl = exp.mixtures[mixture]
@@ -275,7 +284,8 @@ def materialize_tokens(exp: Experiment, layout: Any, mixture: str) -> dict:
     mdecl = exp.mixtures[mixture]
     tok_path = tokenizer_path(exp, layout, mixture)
     tok = tok_lib.load_tokenizer(tok_path)
-    eos = tok_lib.eos_id(tok, mdecl.tokenizer.eos_token, tok_path)
+    eos_tok = eos_token(exp, mixture)
+    eos = tok_lib.eos_id(tok, eos_tok, tok_path)
     vocab = tok_lib.vocab_size(tok)
     mdir = layout.mixture_dir(mixture)
     if not (mdir / "selection.parquet").is_file():
@@ -309,7 +319,7 @@ def materialize_tokens(exp: Experiment, layout: Any, mixture: str) -> dict:
             for d in names
         },
         "tokenizer": str(tok_path),
-        "eos_token": mdecl.tokenizer.eos_token,
+        "eos_token": eos_tok,
         "encoded_shards": len(cache.encoded),
         "reused_shards": cache.reused,
         "path": str(tdir),
@@ -339,4 +349,5 @@ __all__ = [
     "read_heldout",
     "read_json",
     "tokenizer_path",
+    "eos_token",
 ]
