@@ -86,10 +86,12 @@ def conditional_entropy(tokens: np.ndarray, offsets: np.ndarray | None = None) -
     if first.size == 0:
         return 0.0
     width = np.uint64(int(tok.max()) + 1)
-    _, pair_counts = np.unique(first * width + second, return_counts=True)
-    _, ctx_counts = np.unique(first, return_counts=True)
+    pairs, pair_counts = np.unique(first * width + second, return_counts=True)
+    # pairs are sorted by code, so each first token's pairs are contiguous: sum them per token
+    ctx = pairs // width
+    starts = np.concatenate(([0], np.flatnonzero(ctx[1:] != ctx[:-1]) + 1))
     pc = pair_counts.astype(np.float64)
-    cc = ctx_counts.astype(np.float64)
+    cc = np.add.reduceat(pc, starts)
     h = (float(np.dot(cc, np.log2(cc))) - float(np.dot(pc, np.log2(pc)))) / first.size
     return max(h, 0.0)
 
