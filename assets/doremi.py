@@ -62,6 +62,14 @@ def plot_trajectory(report: dict[str, Any], reference: dict[str, float], out: Pa
     return out
 
 
+def _embedded_png(path: Path) -> str:
+    """Markdown showing a PNG inline (the Dagster UI renders data URIs in asset metadata)."""
+    import base64
+
+    data = base64.b64encode(path.read_bytes()).decode()
+    return f"![DoReMi weight trajectory](data:image/png;base64,{data})"
+
+
 def build_doremi_assets(
     exp: Experiment, mixture: str, code_version: Callable[..., str]
 ) -> list[dg.AssetsDefinition]:
@@ -202,6 +210,7 @@ def build_doremi_assets(
                 "reference_weights": dg.MetadataValue.json(summary["reference_weights"]),
                 "mean_excess_loss": dg.MetadataValue.json(summary["mean_excess_loss"]),
                 "plot": dg.MetadataValue.path(summary["plot"]),
+                "trajectory": dg.MetadataValue.md(_embedded_png(Path(summary["plot"]))),
                 "mlflow_run_id": summary["mlflow_run_id"],
             },
             data_version=dg.DataVersion(summary["data_version"]),

@@ -32,7 +32,7 @@ STAGE_REVISION = {
     "train": 1,
     "eval": 1,
     "doremi_reference": 1,
-    "doremi_proxy": 1,
+    "doremi_proxy": 2,
     "doremi_weights": 1,
 }
 CONSERVED = "documents_conserved"

@@ -143,8 +143,9 @@ class DoReMiDecl(Strict):
     """DoReMi (Xie et al. 2023): domain weights from a reference and a Group-DRO proxy model.
 
     Both models have the same size and train on the tokens of ``reference`` (a mixture over the
-    same recipe, typically natural); the proxy reweights its loss by domain weights updated
-    each step from its excess loss over the reference. The result is the weights' average over
+    same recipe, typically natural): the reference as a normal run, the proxy on batches drawn
+    uniformly over domains with its loss reweighted by domain weights updated each step from
+    its excess loss over the reference. The result is the weights' average over
     the proxy's steps. ``eta`` (step size) and ``smoothing`` (toward uniform) default to the
     reference implementation's 1.0 and 1e-3.
     """

@@ -1,7 +1,10 @@
 """DoReMi's Group DRO over domains (Xie et al. 2023, "DoReMi: Optimizing Data Mixtures").
 
-A proxy model trains on a reference mixture's sequences while domain weights ``alpha`` chase
-the domains where it lags a fixed reference model most. At each optimizer step, per domain::
+A proxy model trains on a reference mixture's sequences, drawn uniformly over domains (the
+paper's Algorithm 1; :class:`corpuslab.train.DomainBalancedSampler`), while domain weights
+``alpha`` chase the domains where it lags a fixed reference model most. Uniform sampling gives
+every domain the same number of tokens per step, so a small domain's excess is measured as
+often as a large one's. At each optimizer step, per domain::
 
     excess_d = mean over the domain's tokens of max(proxy_loss - reference_loss, 0)
     alpha    <- softmax(log alpha + eta * excess)            (exponentiated gradient)

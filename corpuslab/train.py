@@ -56,7 +56,8 @@ from corpuslab.runspec import (
 from corpuslab.tokenfile import TokenFile
 
 __all__ = [
-    "AdaGC", "AdaGCConfig", "BatchSampler", "InitFrom", "ModelDims", "Reporter", "ResumeError",
+    "AdaGC", "AdaGCConfig", "BatchSampler", "DomainBalancedSampler", "InitFrom", "ModelDims",
+    "Reporter", "ResumeError",
     "RunSpec", "TrainConfig", "TrainPlan", "TrainingError", "average_checkpoints",
     "fill_deepspeed_config", "get_batch", "get_lr", "make_plan", "optimizer_groups",
     "resume_point", "train",
@@ -176,6 +177,41 @@ class BatchSampler:
         """Rows for ``rank`` at ``step``, shape (accum, micro): one line per micro-batch."""
         grid = self.global_rows(step).reshape(self.accum, self.world_size, self.micro)
         return grid[:, rank, :]
+
+
+class DomainBalancedSampler(BatchSampler):
+    """DoReMi's proxy batches: rows sampled uniformly over domains (Algorithm 1 samples from
+    the uniform domain mixture and lets the weights act on the loss).
+
+    Position ``p`` of the stream (``step * global_batch + i``) takes domain ``p % k`` and that
+    domain's ``p // k``-th row in its own stream of seeded per-epoch permutations, so every
+    domain fills an equal share of each batch (within one row) whatever its size, small
+    domains are revisited as needed, and a step's rows do not depend on the world size.
+    """
+
+    def __init__(
+        self, domains: np.ndarray, micro: int, accum: int, world_size: int, seed: int
+    ) -> None:
+        super().__init__(len(domains), micro, accum, world_size, seed)
+        doms = np.asarray(domains)
+        present = np.unique(doms)
+        self.by_domain = [np.flatnonzero(doms == d) for d in present]
+        self.k = len(self.by_domain)
+
+    def global_rows(self, step: int) -> np.ndarray:
+        positions = np.arange(step * self.global_batch, (step + 1) * self.global_batch)
+        rows = np.empty(self.global_batch, dtype=np.int64)
+        for d, members in enumerate(self.by_domain):
+            mask = positions % self.k == d
+            index = positions[mask] // self.k
+            n = len(members)
+            out = np.empty(len(index), dtype=np.int64)
+            for epoch in np.unique(index // n):
+                sel = index // n == epoch
+                perm = np.random.default_rng([self.seed, d, int(epoch)]).permutation(n)
+                out[sel] = members[perm[index[sel] % n]]
+            rows[mask] = out
+        return rows
 
 
 def get_batch(tokens: np.ndarray, rows: np.ndarray, seq_len: int) -> tuple[torch.Tensor, ...]:
@@ -553,7 +589,14 @@ def train(spec: RunSpec, reporter: Reporter | None = None) -> dict[str, Any]:
             dro.load_state_dict(client["doremi"])
         ckpt.set_rng_state(rank_state["rng"])
 
-    sampler = BatchSampler(n_train, plan.micro_batch_size, plan.grad_accum_steps, world, tc.seed)
+    if dro is None:
+        sampler = BatchSampler(
+            n_train, plan.micro_batch_size, plan.grad_accum_steps, world, tc.seed
+        )
+    else:
+        sampler = DomainBalancedSampler(
+            row_domains[:n_train], plan.micro_batch_size, plan.grad_accum_steps, world, tc.seed
+        )
     accum = plan.grad_accum_steps
     peak, peak_source = peak_flops_per_device(tc)
     tracker = _MlflowLogger(spec.mlflow_tracking_uri, spec.mlflow_run_id) if rank == 0 else None

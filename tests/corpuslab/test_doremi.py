@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -157,3 +158,27 @@ def test_identical_proxy_and_reference_keep_uniform_weights_and_state_round_trip
         GroupDRO(reference=_model(1), domains=["a", "c"]).load_state_dict(dro.state_dict())
     with pytest.raises(ValueError, match="at least two"):
         GroupDRO(reference=_model(1), domains=["a"])
+
+
+def test_domain_balanced_sampler_fills_equal_shares_independent_of_world_size() -> None:
+    from corpuslab.train import DomainBalancedSampler
+
+    # 3 domains of very different sizes: 90, 8 and 2 rows
+    domains = np.array([0] * 90 + [1] * 8 + [2] * 2)
+    np.random.default_rng(0).shuffle(domains)
+    one = DomainBalancedSampler(domains, micro=6, accum=2, world_size=1, seed=3)
+    two = DomainBalancedSampler(domains, micro=3, accum=2, world_size=2, seed=3)
+    seen: dict[int, list[int]] = {0: [], 1: [], 2: []}
+    for step in range(10):
+        rows = one.global_rows(step)
+        assert rows.tolist() == two.global_rows(step).tolist()
+        counts = np.bincount(domains[rows], minlength=3)
+        assert counts.tolist() == [4, 4, 4]
+        for r in rows:
+            seen[int(domains[r])].append(int(r))
+        # the ranks' slices are disjoint and cover the batch
+        parts = np.concatenate([two.rank_rows(step, r).ravel() for r in (0, 1)])
+        assert sorted(parts.tolist()) == sorted(rows.tolist())
+    # each small domain is cycled through whole epochs: every row of it appears equally often
+    assert np.bincount(seen[2], minlength=100)[np.flatnonzero(domains == 2)].tolist() == [20, 20]
+    assert set(seen[1]) == set(np.flatnonzero(domains == 1).tolist())
