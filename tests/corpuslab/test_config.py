@@ -229,3 +229,97 @@ def test_unknown_scale_lists_the_ladder(tmp_path: Path) -> None:
         },
     )
     assert "runs.smoke.model" in msg and "dclm-6.9b" in msg and "cpu-1m" in msg
+
+
+def _mixtures(body: str) -> str:
+    return "mixtures:\n" + textwrap.indent(textwrap.dedent(body), "  ")
+
+
+BASE_MIX = """
+small:
+  recipe: lenient
+  token_budget: 20000
+  tokenizer: {vocab_size: 512}
+"""
+
+
+def test_strategy_parameters_must_match_the_strategy(tmp_path: Path) -> None:
+    msg = _error(
+        tmp_path,
+        **{
+            "mixtures.yaml": _mixtures(
+                BASE_MIX + "hot: {recipe: lenient, token_budget: 10, strategy: temperature}\n"
+            )
+        },  # fmt: skip
+    )
+    assert "mixtures.yaml: mixtures.hot" in msg and "'temperature' is needed" in msg
+    msg = _error(
+        tmp_path,
+        **{
+            "mixtures.yaml": _mixtures(
+                BASE_MIX + "d: {recipe: lenient, token_budget: 10, strategy: doremi}\n"
+            )
+        },  # fmt: skip
+    )
+    assert "mixtures.d" in msg and "'doremi' is needed" in msg
+    msg = _error(
+        tmp_path,
+        **{
+            "mixtures.yaml": _mixtures(
+                BASE_MIX + "m: {recipe: lenient, token_budget: 10, strategy: blend}\n"
+            )
+        },  # fmt: skip
+    )
+    assert "mixtures.m.strategy" in msg and "'doremi'" in msg and "'entropy'" in msg
+    exp = load_experiment(
+        _exp(
+            tmp_path / "ok",
+            **{
+                "mixtures.yaml": _mixtures(
+                    BASE_MIX + "hot: {recipe: lenient, token_budget: 10, "
+                    "strategy: temperature, temperature: 2.0}\n"
+                )
+            },  # fmt: skip
+        )
+    )
+    assert exp.mixtures["hot"].temperature == 2.0
+
+
+def test_doremi_reference_must_be_a_mixture_over_the_same_split(tmp_path: Path) -> None:
+    dro = """
+dro:
+  recipe: lenient
+  strategy: doremi
+  token_budget: 10
+  doremi: {reference: %s}
+"""
+    msg = _error(tmp_path, **{"mixtures.yaml": _mixtures(BASE_MIX + dro % "nowhere")})
+    assert "mixtures.dro.doremi.reference: unknown 'nowhere'; allowed: small" in msg
+    other = "other: {recipe: strict, token_budget: 10}\n"
+    msg = _error(tmp_path, **{"mixtures.yaml": _mixtures(BASE_MIX + other + dro % "other")})
+    assert "mixtures.dro.doremi.reference: 'other' differs in recipe" in msg
+    msg = _error(
+        tmp_path,
+        **{"mixtures.yaml": _mixtures(BASE_MIX + (dro % "small") + "  eta: 0\n")},  # fmt: skip
+    )
+    assert "mixtures.dro" in msg and "doremi" in msg
+
+
+def test_tokenizer_sharing_and_files_are_checked(tmp_path: Path) -> None:
+    shared = "b: {recipe: lenient, token_budget: 10, tokenizer: {mixture: %s}}\n"
+    msg = _error(tmp_path, **{"mixtures.yaml": _mixtures(BASE_MIX + shared % "zzz")})
+    assert "mixtures.b.tokenizer.mixture: unknown 'zzz'; allowed: small" in msg
+    split = "b: {recipe: lenient, token_budget: 10, heldout_fraction: 0.2, " \
+            "tokenizer: {mixture: small}}\n"  # fmt: skip
+    msg = _error(tmp_path, **{"mixtures.yaml": _mixtures(BASE_MIX + split)})
+    assert "differs in heldout_fraction" in msg
+    both = "b: {recipe: lenient, token_budget: 10, tokenizer: {mixture: small, vocab_size: 999}}\n"
+    msg = _error(tmp_path, **{"mixtures.yaml": _mixtures(BASE_MIX + both)})
+    assert "vocab_size only apply to a trained tokenizer" in msg
+    missing = "f: {recipe: lenient, token_budget: 10, tokenizer: {file: tok/missing.json}}\n"
+    msg = _error(tmp_path, **{"mixtures.yaml": _mixtures(BASE_MIX + missing)})
+    assert "mixtures.f.tokenizer.file:" in msg and "missing.json is not a file" in msg
+    ok = load_experiment(
+        _exp(tmp_path / "ok", **{"mixtures.yaml": _mixtures(BASE_MIX + shared % "small")})
+    )
+    assert ok.tokenizer_owner("b") == "small" and ok.tokenizer_owner("small") == "small"
