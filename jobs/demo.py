@@ -142,13 +142,15 @@ def compare_runs(exp: object, layout: Layout) -> str:
         domains += [d for d in bpb if d not in domains]
         rows.append((run, rdecl.mixture, rs.get("tokens_seen"), bpb, ev.get("eval.bpb.mean"),
                      ev.get("eval.bpb.worst")))  # fmt: skip
-    head = f"{'run':<13}{'mixture':<9}{'tokens':>8}" + "".join(f"{d:>11}" for d in domains)
+    rw = max([len("run"), *(len(r[0]) for r in rows)]) + 2
+    mw = max([len("mixture"), *(len(r[1]) for r in rows)]) + 2
+    head = f"{'run':<{rw}}{'mixture':<{mw}}{'tokens':>8}" + "".join(f"{d:>11}" for d in domains)
     lines = ["== held-out bits per byte by mixture (same model, same tokens) ==",
              head + f"{'mean':>8}{'worst':>8}"]  # fmt: skip
     for run, mixture, tokens, bpb, mean, worst in rows:
         cells = "".join(f"{bpb[d]:>11.3f}" if d in bpb else f"{'-':>11}" for d in domains)
         lines.append(
-            f"{run:<13}{mixture:<9}{tokens or 0:>8}{cells}"
+            f"{run:<{rw}}{mixture:<{mw}}{tokens or 0:>8}{cells}"
             + (f"{mean:>8.3f}{worst:>8.3f}" if mean is not None else "")
         )
     return "\n".join(lines)
