@@ -674,7 +674,7 @@ def test_doremi_proxy_moves_weights_by_excess_loss_identically_on_one_and_two_ra
         grad_accum_steps=None,
         global_batch_tokens=16 * SEQ_LEN,
         log_every=4,
-        checkpoint_every=0,
+        checkpoint_every=6,
         z_loss=1e-4,
         seed=7,  # not the reference's seed: the proxy starts elsewhere
     ).model_copy(
@@ -703,6 +703,25 @@ def test_doremi_proxy_moves_weights_by_excess_loss_identically_on_one_and_two_ra
     assert steps[12]["doremi.weight.a"] == pytest.approx(report["final_weights"]["a"])
     summary = json.loads((base.out_dir / "summary.json").read_text())
     assert summary["doremi_weights"] == pytest.approx(avg)
+
+    # Killed after its step-6 checkpoint, relaunched: the weights' state resumes exactly.
+    import shutil
+
+    resumed = base.model_copy(update={"out_dir": tmp_path / "proxy_resumed"})
+    shutil.copytree(base.out_dir, resumed.out_dir)
+    ckpts = resumed.out_dir / "checkpoints"
+    shutil.rmtree(ckpts / "step12")
+    (ckpts / "latest").write_text("step6")
+    for name in ("summary.json", "doremi.json", "model.pt"):
+        (resumed.out_dir / name).unlink()
+    again = launch(resumed, tmp_path)
+    assert again.returncode == 0, again.stderr[-4000:]
+    assert json.loads((resumed.out_dir / "summary.json").read_text())["resumed_from_step"] == 6
+    report_r = json.loads((resumed.out_dir / "doremi.json").read_text())
+    assert report_r["updates"] == 12
+    for key in ("trajectory", "excess_trajectory"):
+        for a, b in zip(report[key], report_r[key], strict=True):
+            assert a == pytest.approx(b, abs=1e-6)
 
     two_spec = base.model_copy(update={"out_dir": tmp_path / "proxy2"})
     two = launch(two_spec, tmp_path, ranks=2)
