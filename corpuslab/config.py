@@ -139,7 +139,24 @@ class TokenizerDecl(Strict):
         return p if p.is_absolute() else (root / p).resolve()
 
 
-class DoReMiDecl(Strict):
+class TrainingDecl(Strict):
+    """What any training declares: a model, a DeepSpeed config, ranks and optimization.
+
+    ``deepspeed`` names ``infra/deepspeed/<name>.json`` or a path, and ``deepspeed_overrides``
+    is deep-merged into it; ``train`` is :class:`corpuslab.runspec.TrainConfig`.
+    """
+
+    model: ModelSpec = ModelSpec(n_layer=2, n_head=4, d_model=128)
+    deepspeed: str = "zero2"
+    deepspeed_overrides: dict[str, Any] = Field(default_factory=dict)
+    ranks: int = Field(1, ge=1)
+    train: TrainConfig = TrainConfig(steps=100)
+
+    def deepspeed_path(self) -> Path:
+        return _deepspeed_path(self.deepspeed)
+
+
+class DoReMiDecl(TrainingDecl):
     """DoReMi (Xie et al. 2023): domain weights from a reference and a Group-DRO proxy model.
 
     Both models have the same size and train on the tokens of ``reference`` (a mixture over the
@@ -151,17 +168,9 @@ class DoReMiDecl(Strict):
     """
 
     reference: str
-    model: ModelSpec = ModelSpec(n_layer=2, n_head=4, d_model=128)
-    deepspeed: str = "zero2"
-    deepspeed_overrides: dict[str, Any] = Field(default_factory=dict)
-    ranks: int = Field(1, ge=1)
-    train: TrainConfig = TrainConfig(steps=100)
     eta: float = Field(1.0, gt=0)
     smoothing: float = Field(1e-3, ge=0, lt=1)
     initial_weights: Literal["uniform", "reference"] = "uniform"
-
-    def deepspeed_path(self) -> Path:
-        return _deepspeed_path(self.deepspeed)
 
 
 STRATEGIES = ("natural", "uniform", "manual", "temperature", "entropy", "doremi")
@@ -227,25 +236,16 @@ class InheritDecl(Strict):
     layers: int = Field(ge=1)
 
 
-class RunDecl(Strict):
+class RunDecl(TrainingDecl):
     """A training run: a mixture, a model (ladder scale or dims), DeepSpeed config and eval.
 
     ``train`` is :class:`corpuslab.runspec.TrainConfig` (schedule, z-loss, AdaGC, LAWA, spike
-    detection, checkpointing); ``deepspeed`` names ``infra/deepspeed/<name>.json`` or a path,
-    and ``deepspeed_overrides`` is deep-merged into it.
+    detection, checkpointing).
     """
 
     mixture: str
-    model: ModelSpec = ModelSpec(n_layer=2, n_head=4, d_model=128)
-    deepspeed: str = "zero2"
-    deepspeed_overrides: dict[str, Any] = Field(default_factory=dict)
-    ranks: int = Field(1, ge=1)
-    train: TrainConfig = TrainConfig(steps=100)
     init_from: InheritDecl | None = None
     eval: EvalDecl = EvalDecl()
-
-    def deepspeed_path(self) -> Path:
-        return _deepspeed_path(self.deepspeed)
 
 
 def _deepspeed_path(name: str) -> Path:
@@ -425,13 +425,7 @@ def _cross_check(exp: Experiment) -> None:
     for name, run in exp.runs.items():
         if run.mixture not in exp.mixtures:
             _ref_error(exp, "runs", name, "mixture", run.mixture, exp.mixtures)
-        ds = run.deepspeed_path()
-        if not ds.is_file():
-            known = sorted(p.stem for p in DEEPSPEED_DIR.glob("*.json"))
-            raise DeclarationError(
-                f"{exp.where('runs', name)}: runs.{name}.deepspeed: config file {ds} not found; "
-                f"allowed: {', '.join(known)} or a path to a .json file"
-            )
+        _check_deepspeed(exp.where("runs", name), f"runs.{name}.deepspeed", run)
         if run.init_from is not None:
             parent = run.init_from.run
             if parent not in exp.runs or parent == name:
@@ -449,6 +443,16 @@ def _cross_check(exp: Experiment) -> None:
                     f"mixture {exp.runs[parent].mixture!r}, whose tokenizer differs from "
                     f"{run.mixture!r}'s; inherited embeddings need the same mixture"
                 )
+
+
+def _check_deepspeed(where: str, key: str, decl: TrainingDecl) -> None:
+    ds = decl.deepspeed_path()
+    if not ds.is_file():
+        known = sorted(p.stem for p in DEEPSPEED_DIR.glob("*.json"))
+        raise DeclarationError(
+            f"{where}: {key}: config file {ds} not found; "
+            f"allowed: {', '.join(known)} or a path to a .json file"
+        )
 
 
 def _same_split(a: MixtureDecl, b: MixtureDecl) -> list[str]:
@@ -491,13 +495,7 @@ def _check_doremi(exp: Experiment, name: str, decl: DoReMiDecl) -> None:
             f"{where}: mixtures.{name}.doremi.reference: {decl.reference!r} differs in "
             f"{', '.join(diffs)}; DoReMi's weights are over the same domains and held-out split"
         )
-    ds = decl.deepspeed_path()
-    if not ds.is_file():
-        known = sorted(p.stem for p in DEEPSPEED_DIR.glob("*.json"))
-        raise DeclarationError(
-            f"{where}: mixtures.{name}.doremi.deepspeed: config file {ds} not found; "
-            f"allowed: {', '.join(known)} or a path to a .json file"
-        )
+    _check_deepspeed(where, f"mixtures.{name}.doremi.deepspeed", decl)
 
 
 def fingerprint(*parts: Any) -> str:
