@@ -7,7 +7,6 @@ domain weights, plots it and logs both to the proxy's MLflow run. ``mixture/<mix
 samples documents by those weights.
 """
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -258,4 +257,4 @@ def materialize_doremi_weights(exp: Experiment, layout: Any, mixture: str, clien
         "mlflow_run_id": run_id,
         "data_version": file_digest(ddir / WEIGHTS_FILE),
     }
-    return json.loads(json.dumps(summary))
+    return summary

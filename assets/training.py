@@ -10,7 +10,7 @@ from typing import Any
 
 import dagster as dg
 
-from assets.lm_stages import read_heldout
+from assets.lm_stages import read_heldout, tokenizer_path
 from assets.stages import file_digest, read_json, write_json
 from corpuslab.config import REPO_ROOT, Experiment
 from resources import CorpuslabHome, MlflowTracking
@@ -289,7 +289,7 @@ def build_run_assets(
         layout = home.layout()
         run_dir = layout.run_dir(run)
         heldout = read_heldout(layout, mixture, rdecl.eval.max_docs_per_domain)
-        tokenizer = layout.tokenizer_dir(exp.tokenizer_owner(mixture)) / "tokenizer.json"
+        tokenizer = tokenizer_path(exp, layout, mixture)
         metrics: dict[str, float] = {}
         results: dict[str, Any] = {}
         # the final weights, and the LAWA checkpoint average when the run declared one

@@ -364,13 +364,18 @@ def timed(fn: Callable[[], set], repeats: int) -> tuple[float, float, set]:
     return min(walls), min(cpus), result
 
 
+def package_version(pkg: str) -> str:
+    """The installed version of a distribution, or "absent"."""
+    try:
+        return importlib.metadata.version(pkg)
+    except importlib.metadata.PackageNotFoundError:
+        return "absent"
+
+
 def versions() -> dict[str, str]:
     out = {"python": platform.python_version()}
     for pkg in ("numpy", "numba", "scipy", "datasketch", "datatrove", "spacy", "xxhash"):
-        try:
-            out[pkg] = importlib.metadata.version(pkg)
-        except importlib.metadata.PackageNotFoundError:
-            out[pkg] = "absent"
+        out[pkg] = package_version(pkg)
     return out
 
 

@@ -38,7 +38,7 @@ from typing import Any  # noqa: E402
 import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from dedup_vs_peers import build_corpus, machine, versions  # noqa: E402
+from dedup_vs_peers import build_corpus, machine, package_version, versions  # noqa: E402
 
 from corpuslab import quality  # noqa: E402
 
@@ -131,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     report = {
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "machine": machine(),
-        "versions": versions() | {"fasttext": _version("fasttext")},
+        "versions": versions() | {"fasttext": package_version("fasttext")},
         "corpus": {"docs": len(texts), "bytes": n_bytes, "parts": parts},
         "model_metrics": metrics,
         "warmup_seconds": warmup,
@@ -144,15 +144,6 @@ def main(argv: list[str] | None = None) -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     return 0
-
-
-def _version(pkg: str) -> str:
-    import importlib.metadata
-
-    try:
-        return importlib.metadata.version(pkg)
-    except importlib.metadata.PackageNotFoundError:
-        return "absent"
 
 
 if __name__ == "__main__":

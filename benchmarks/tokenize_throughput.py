@@ -40,7 +40,7 @@ import pyarrow as pa
 import pyarrow.parquet
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from dedup_vs_peers import build_corpus, machine, versions  # noqa: E402
+from dedup_vs_peers import build_corpus, machine, package_version, versions  # noqa: E402
 
 from corpuslab import encoded as enc  # noqa: E402
 from corpuslab import tokenize as tk  # noqa: E402
@@ -182,7 +182,8 @@ def main(argv: list[str] | None = None) -> int:
     report = {
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "machine": machine(),
-        "versions": versions() | {"tokenizers": _version("tokenizers"), "pyarrow": pa.__version__},
+        "versions": versions()
+        | {"tokenizers": package_version("tokenizers"), "pyarrow": pa.__version__},
         "corpus": {"docs": len(texts), "bytes": n_bytes, "parts": parts, "tokens": n_tokens},
         "tokenizer_train_seconds": train_s,
         "seq_len": SEQ_LEN,
@@ -195,15 +196,6 @@ def main(argv: list[str] | None = None) -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     return 0
-
-
-def _version(pkg: str) -> str:
-    import importlib.metadata
-
-    try:
-        return importlib.metadata.version(pkg)
-    except importlib.metadata.PackageNotFoundError:
-        return "absent"
 
 
 if __name__ == "__main__":

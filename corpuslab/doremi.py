@@ -21,7 +21,6 @@ are uniform (the paper) or the reference mixture's.
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -32,7 +31,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from corpuslab.model import GPT, GPTConfig
+from corpuslab.evaluate import load_model
+from corpuslab.model import GPT
 
 
 def dro_update(
@@ -250,10 +250,7 @@ def load_reference(run_dir: str | Path, device: torch.device | str = "cpu") -> G
             raise FileNotFoundError(
                 f"DoReMi reference run {run} has no {name}: materialize the reference first"
             )
-    config = GPTConfig(**json.loads((run / "model_config.json").read_text()))
-    model = GPT(config)
-    model.load_state_dict(torch.load(run / "model.pt", map_location="cpu", weights_only=True))
-    return model.to(device).eval()
+    return load_model(run).to(device)
 
 
 def initial_alpha(domains: Sequence[str], weights: dict[str, float] | None) -> torch.Tensor:
