@@ -24,10 +24,10 @@ $(VENV)/.installed: pyproject.toml
 install: $(VENV)/.installed
 
 corpus: install
-	$(PY) -m corpuslab.democorpus --out $(CORPUSLAB_HOME)/raw
+	$(PY) -m corpuslab.ingest.democorpus --out $(CORPUSLAB_HOME)/raw
 
 demo: install
-	$(PY) -m jobs.demo
+	$(PY) -m cli.demo
 
 test: install
 	$(VENV)/bin/pytest -q

@@ -1,7 +1,5 @@
 """Partitions: each source's shards form a dynamic partitions definition filled from its files."""
 
-from __future__ import annotations
-
 from functools import cache
 
 import dagster as dg

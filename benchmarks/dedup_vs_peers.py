@@ -58,8 +58,8 @@ from pathlib import Path  # noqa: E402
 from typing import Any, ClassVar  # noqa: E402
 
 from corpuslab import dedup  # noqa: E402
-from corpuslab.democorpus import build_demo_corpus  # noqa: E402
-from corpuslab.documents import read_raw_shard  # noqa: E402
+from corpuslab.ingest.democorpus import build_demo_corpus  # noqa: E402
+from corpuslab.ingest.readers import read_raw_shard  # noqa: E402
 
 THRESHOLD = 0.8
 NGRAM = 5

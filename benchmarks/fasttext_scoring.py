@@ -93,6 +93,8 @@ def main(argv: list[str] | None = None) -> int:
         ]
         params = quality.QualityParams(positive_source="reference", negative_sample=1000)
         model_path = Path(tmp) / "model.bin"
+        _, neg_idx = quality.training_sample(len(positives), range(len(negatives)), params)
+        negatives = [negatives[i] for i in neg_idx]
         metrics = quality.train_quality_model(positives, negatives, params, model_path)
         model = quality.load_model(model_path)
     n_bytes = sum(len(t.encode("utf-8")) for t in texts)

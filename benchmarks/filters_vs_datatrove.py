@@ -39,7 +39,8 @@ from typing import Any  # noqa: E402
 import zstandard  # noqa: E402
 
 from corpuslab import filters  # noqa: E402
-from corpuslab.democorpus import build_demo_corpus  # noqa: E402
+from corpuslab.filters import words  # noqa: E402
+from corpuslab.ingest.democorpus import build_demo_corpus  # noqa: E402
 
 # our reason -> datatrove's, where the names differ
 REASON_TO_DATATROVE = {"gopher_too_few_stop_words": "gopher_enough_stop_words"}
@@ -145,7 +146,7 @@ def run_datatrove(
 
 def fresh_ours() -> None:
     """Empty our word caches (the splitter's rules stay compiled, like spaCy's loaded model)."""
-    filters.spacy_splitter().clear()
+    words.spacy_splitter().clear()
 
 
 def run_ours(

@@ -42,10 +42,10 @@ import pyarrow.parquet
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from dedup_vs_peers import build_corpus, machine, package_version, versions  # noqa: E402
 
-from corpuslab import encoded as enc  # noqa: E402
-from corpuslab import tokenize as tk  # noqa: E402
-from corpuslab.documents import write_parquet  # noqa: E402
-from corpuslab.tokenfile import TokenFile, write_token_file  # noqa: E402
+from corpuslab.fileio import write_parquet  # noqa: E402
+from corpuslab.lmdata import encoded as enc  # noqa: E402
+from corpuslab.lmdata import tokenize as tk  # noqa: E402
+from corpuslab.lmdata.tokenfile import TokenFile, write_token_file  # noqa: E402
 
 SEQ_LEN = 1024
 VOCAB = 4096

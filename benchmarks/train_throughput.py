@@ -4,7 +4,7 @@ Same GPT (~7M parameters), same real data (Python's help topics and standard-lib
 docstrings, BPE-encoded here), same batch, z-loss, clipping, lr schedule and threads in every
 loop, one rank on CPU (DeepSpeed with gloo, fp32):
 
-- ``trainer-zeroN``: ``corpuslab.train.train`` as a run uses it: token file on disk, batch
+- ``trainer-zeroN``: ``corpuslab.training.loop.train`` as a run uses it: token file on disk, batch
   sampler, z-loss, the reporter on every ``--log-every`` steps and MLflow step metrics into a
   SQLite store in a temp folder; ZeRO stage N from ``infra/deepspeed/zeroN.json``.
 - ``bare-zeroN``: the same filled DeepSpeed config and client AdamW, a loop with nothing else
@@ -59,7 +59,7 @@ def build_tokens(root: Path) -> Path:
     import numpy as np
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-    from corpuslab.tokenfile import write_token_file
+    from corpuslab.lmdata.tokenfile import write_token_file
 
     texts = [topics[k] for k in sorted(topics)]
     for name in sorted(_sys.stdlib_module_names):
@@ -97,7 +97,7 @@ def build_tokens(root: Path) -> Path:
 
 
 def make_spec(args: argparse.Namespace, stage: int, out_dir: Path, tokens: Path) -> Any:
-    from corpuslab.runspec import ModelDims, RunSpec, TrainConfig
+    from corpuslab.training.runspec import ModelDims, RunSpec, TrainConfig
 
     return RunSpec(
         name="bench",
@@ -125,7 +125,7 @@ def make_spec(args: argparse.Namespace, stage: int, out_dir: Path, tokens: Path)
 def run_trainer(args: argparse.Namespace, stage: int, tmp: Path, tokens: Path) -> dict[str, Any]:
     from mlflow.tracking import MlflowClient
 
-    from corpuslab.train import train
+    from corpuslab.training.loop import train
 
     uri = f"sqlite:///{tmp / 'mlflow.db'}"
     client = MlflowClient(tracking_uri=uri)
@@ -159,8 +159,8 @@ def tokens_per_step(args: argparse.Namespace) -> int:
 
 def _batches(args: argparse.Namespace, tokens: Path) -> list[list[tuple[Any, Any]]]:
     """Every step's micro-batches, built up front: the same rows the trainer reads."""
-    from corpuslab.tokenfile import TokenFile
-    from corpuslab.train import BatchSampler, get_batch
+    from corpuslab.lmdata.tokenfile import TokenFile
+    from corpuslab.training.loop import BatchSampler, get_batch
 
     data = TokenFile.open(tokens)
     sampler = BatchSampler(len(data), args.micro, args.accum, 1, seed=0)
@@ -175,14 +175,14 @@ def run_bare(args: argparse.Namespace, stage: int, tokens: Path) -> dict[str, An
     import deepspeed
     import torch
 
-    from corpuslab.model import GPT, GPTConfig
-    from corpuslab.runspec import get_lr
-    from corpuslab.train import (
+    from corpuslab.training.loop import (
         _ensure_distributed_env,
         _skip_cpu_shm_comm_build,
         fill_deepspeed_config,
         optimizer_groups,
     )
+    from corpuslab.training.model import GPT, GPTConfig
+    from corpuslab.training.schedule import get_lr
 
     spec = make_spec(args, stage, Path(tempfile.gettempdir()), tokens)
     torch.set_num_threads(args.threads)
@@ -217,9 +217,9 @@ def run_bare(args: argparse.Namespace, stage: int, tokens: Path) -> dict[str, An
 def run_plain(args: argparse.Namespace, tokens: Path) -> dict[str, Any]:
     import torch
 
-    from corpuslab.model import GPT, GPTConfig
-    from corpuslab.runspec import get_lr
-    from corpuslab.train import optimizer_groups
+    from corpuslab.training.loop import optimizer_groups
+    from corpuslab.training.model import GPT, GPTConfig
+    from corpuslab.training.schedule import get_lr
 
     spec = make_spec(args, 1, Path(tempfile.gettempdir()), tokens)
     torch.set_num_threads(args.threads)

@@ -27,9 +27,10 @@ from typing import Any
 
 import fasttext
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
-from corpuslab.layout import atomic_path
+from corpuslab.fileio import atomic_path
+from corpuslab.strict import Strict
 
 try:  # the compiled normalizer; without numba the regex path gives the same strings
     import numba
@@ -42,10 +43,8 @@ PREDICT_BATCH = 1024
 _TOKEN = re.compile(r"\w+|[^\w\s]")
 
 
-class QualityParams(BaseModel):
+class QualityParams(Strict):
     """Training and selection settings of the quality classifier."""
-
-    model_config = ConfigDict(extra="forbid")
 
     positive_source: str = Field(description="source whose documents are the positives")
     negative_sample: int = Field(2000, ge=1, description="max negatives drawn from the pool")
@@ -60,11 +59,16 @@ class QualityParams(BaseModel):
     heldout_fraction: float = Field(0.2, gt=0.0, lt=1.0)
     seed: int = Field(0, ge=0)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _min_score_alone(cls, data: Any) -> Any:
+        """Giving min_score alone replaces the default keep_fraction rather than clashing."""
+        if isinstance(data, dict) and data.get("min_score") is not None:
+            data = {"keep_fraction": None, **data}
+        return data
+
     @model_validator(mode="after")
     def _one_rule(self) -> QualityParams:
-        # Giving min_score alone replaces the default keep_fraction rather than clashing with it.
-        if self.min_score is not None and "keep_fraction" not in self.model_fields_set:
-            self.keep_fraction = None
         if (self.keep_fraction is None) == (self.min_score is None):
             raise ValueError("set exactly one of keep_fraction and min_score")
         return self
@@ -198,12 +202,24 @@ def normalize_batch(texts: Sequence[str]) -> list[str]:
     ]
 
 
-def sample_texts(texts: Sequence[str], n: int | None, seed: int) -> list[str]:
-    """At most ``n`` texts drawn without replacement, in their original order (seeded)."""
-    if n is None or n >= len(texts):
-        return list(texts)
-    picked = np.sort(np.random.default_rng(seed).choice(len(texts), size=n, replace=False))
-    return [texts[i] for i in picked]
+def training_sample(
+    n_positives: int, candidates: Sequence[int], params: QualityParams
+) -> tuple[list[int], list[int]]:
+    """(positive indices, negative indices) the classifier trains on, both sorted (seeded).
+
+    Negatives are ``negative_sample`` of the ``candidates`` (pool rows outside the positive
+    source), positives at most ``positive_sample`` of the ``n_positives``; both draws come from
+    one generator seeded with ``params.seed``, so the same pool gives the same sample.
+    """
+    rng = np.random.default_rng(params.seed)
+    n_neg = min(params.negative_sample, len(candidates))
+    negatives = sorted(rng.choice(candidates, size=n_neg, replace=False).tolist()) if n_neg else []
+    positives = list(range(n_positives))
+    if params.positive_sample is not None and params.positive_sample < n_positives:
+        positives = sorted(
+            rng.choice(n_positives, size=params.positive_sample, replace=False).tolist()
+        )
+    return positives, negatives
 
 
 def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:
@@ -266,13 +282,12 @@ def train_quality_model(
 ) -> dict[str, Any]:
     """Train hq-vs-lq fastText on a stratified split, save it atomically, return held-out metrics.
 
-    Positives and negatives are first capped at ``positive_sample`` / ``negative_sample``.
-    Training runs on one thread with a fixed seed in a fresh process (see
-    :func:`_train_in_fresh_process`), so the same inputs give the same model.
+    Trains on exactly the given texts (:func:`training_sample` chooses them), on one thread
+    with a fixed seed in a fresh process (see :func:`_train_in_fresh_process`), so the same
+    inputs give the same model.
     """
     rng = np.random.default_rng(params.seed)
-    pos = sample_texts(positives, params.positive_sample, params.seed)
-    neg = sample_texts(negatives, params.negative_sample, params.seed + 1)
+    pos, neg = list(positives), list(negatives)
     if len(pos) < 2 or len(neg) < 2:
         raise ValueError(f"need at least 2 positives and 2 negatives, got {len(pos)}/{len(neg)}")
     pos_train, pos_held = _split(len(pos), params.heldout_fraction, rng)

@@ -1,14 +1,12 @@
 """The storage resource: a local folder or an ``s3://`` prefix, as the library's filesystem."""
 
-from __future__ import annotations
-
 from typing import Any
 
 import dagster as dg
 import pyarrow.fs as pafs
 from pydantic import Field
 
-from corpuslab.storage import S3Options, join, open_fs
+from corpuslab.ingest.storage import S3Options, join, open_fs
 
 
 class StorageResource(dg.ConfigurableResource):

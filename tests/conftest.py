@@ -24,17 +24,15 @@ TINY_EXPERIMENT = {
           lenient:
             sources: [docstrings, code]
             steps:
-              - word_count: {min_words: 20}
+              - gopher_quality: {min_words: 20, min_alpha_words_ratio: null, min_stop_words: null}
               - exact_dedup: {}
             dedup: {ngram: 5, num_perm: 64, threshold: 0.8}
             quality: {positive_source: reference, negative_sample: 60, keep_fraction: 0.9}
           strict:
             sources: [docstrings, packages]
             steps:
-              - word_count: {min_words: 50}
-              - mean_word_length: {}
-              - symbol_ratio: {}
-              - repeated_lines: {}
+              - gopher_quality: {}
+              - gopher_repetition: {}
             dedup: {ngram: 5, num_perm: 64, threshold: 0.8}
             quality: {positive_source: reference, negative_sample: 60, keep_fraction: 0.8}
     """,
@@ -88,7 +86,7 @@ def write_experiment(folder: Path, files: dict[str, str] = TINY_EXPERIMENT) -> P
 @pytest.fixture(scope="session")
 def tiny_raw(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The demo corpus builder on small caps: real Python text, 2 shards per source."""
-    from corpuslab.democorpus import build_demo_corpus
+    from corpuslab.ingest.democorpus import build_demo_corpus
 
     raw = tmp_path_factory.mktemp("raw")
     build_demo_corpus(raw, max_docs_per_source=60, docs_per_shard=30)

@@ -4,15 +4,14 @@ Launched by Dagster through Pipes, rank 0 streams progress as Pipes log lines an
 asset materialization (final loss, throughput, MFU, held-out losses of the final and LAWA
 weights, ...) at the end; otherwise, and on other ranks, progress goes to stdout as one JSON
 object per line. Launching the same spec again after a crash or a kill resumes from the latest
-checkpoint in its ``out_dir`` (``corpuslab.train.train`` decides; a spec that no longer matches
-the checkpoint fails with the list of differences). Also runs as a plain ``python`` process,
-as a world of one.
+checkpoint in its ``out_dir`` (``corpuslab.training.loop.train`` decides; a spec that no
+longer matches the checkpoint fails with the list of differences). Also runs as a plain
+``python`` process, as a world of one.
 """
 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import sys
@@ -23,7 +22,9 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 if str(REPO_ROOT) not in sys.path:  # runnable as a script without installing corpuslab
     sys.path.insert(0, str(REPO_ROOT))
 
-from corpuslab.train import RunSpec, train  # noqa: E402
+from corpuslab.fileio import digest  # noqa: E402
+from corpuslab.training.loop import train  # noqa: E402
+from corpuslab.training.runspec import RunSpec  # noqa: E402
 
 PIPES_ENV = "DAGSTER_PIPES_CONTEXT"
 
@@ -31,15 +32,6 @@ PIPES_ENV = "DAGSTER_PIPES_CONTEXT"
 def print_reporter(step: int, metrics: dict[str, float]) -> None:
     """Progress as one JSON line on stdout, flushed so a parent process sees it live."""
     print(json.dumps({"step": step, **metrics}), flush=True)
-
-
-def file_digest(path: Path) -> str:
-    """Short SHA-256 of a file: the data version of the trained model."""
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()[:16]
 
 
 def materialization_metadata(spec: RunSpec, summary: dict[str, Any]) -> dict[str, Any]:
@@ -75,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
             summary = train(spec, pipes_reporter)
             pipes.report_asset_materialization(
                 metadata=materialization_metadata(spec, summary),
-                data_version=file_digest(Path(spec.out_dir) / "model.pt"),
+                data_version=digest(Path(spec.out_dir) / "model.pt"),
             )
     else:
         summary = train(spec, print_reporter)

@@ -7,7 +7,7 @@ import pytest
 from pydantic import ValidationError
 
 from corpuslab import quality
-from corpuslab.democorpus import code_records, package_records, reference_records, take
+from corpuslab.ingest.democorpus import code_records, package_records, reference_records, take
 from corpuslab.quality import (
     LABEL_HQ,
     LABEL_LQ,
@@ -19,6 +19,7 @@ from corpuslab.quality import (
     score_texts,
     select,
     train_quality_model,
+    training_sample,
 )
 
 # Edge cases around the compiled normalizer's byte/code-point handling: empty and blank text,
@@ -48,7 +49,8 @@ def trained(tmp_path_factory, texts):
     positives, negatives = texts
     params = QualityParams(positive_source="reference", negative_sample=150, bucket=20_000)
     path = tmp_path_factory.mktemp("quality") / "model.bin"
-    metrics = train_quality_model(positives, negatives, params, path)
+    _, neg_idx = training_sample(len(positives), range(len(negatives)), params)
+    metrics = train_quality_model(positives, [negatives[i] for i in neg_idx], params, path)
     return params, path, metrics
 
 
@@ -75,7 +77,9 @@ def test_scores_are_probabilities_and_rank_prose_first(trained, texts):
 
 def test_training_is_deterministic(trained, texts, tmp_path):
     params, path, metrics = trained
-    again = train_quality_model(*texts, params, tmp_path / "again.bin")
+    _, neg_idx = training_sample(len(texts[0]), range(len(texts[1])), params)
+    negatives = [texts[1][i] for i in neg_idx]
+    again = train_quality_model(texts[0], negatives, params, tmp_path / "again.bin")
     assert again == metrics
     probe = texts[0][:5] + texts[1][:5]
     assert np.array_equal(score_texts(path, probe), score_texts(tmp_path / "again.bin", probe))

@@ -10,12 +10,13 @@ import pyarrow.parquet as pq
 import pytest
 
 from assets.partitions import shard_partitions
-from corpuslab.config import load_experiment
+from cli.materialize import materialize_stale
+from corpuslab.declarations import load_experiment
 from corpuslab.layout import Layout
-from jobs import build_definitions, shard_requests
-from jobs.materialize import materialize_stale
+from definitions import build
+from jobs.sensors import shard_requests
 from tests.conftest import write_experiment
-from tests.corpuslab.test_storage import BUCKET, build_raw, moto_server, upload_tree
+from tests.corpuslab.ingest.test_storage import BUCKET, build_raw, moto_server, upload_tree
 
 S3_EXPERIMENT = {
     "sources.yaml": f"""
@@ -60,7 +61,7 @@ def test_s3_source_materializes_with_checks(
         monkeypatch.setenv("AWS_REGION", "us-east-1")
         monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
         monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-        defs = build_definitions(exp_dir, home=home)
+        defs = build(exp_dir, home=home)
         new = shard_requests(load_experiment(exp_dir), Layout(home), inst)
         assert new == {
             "lake": ["crawls_a", "crawls_b", "cut", "empty", "part-0", "part-1", "part-2"],

@@ -8,9 +8,9 @@ import dagster as dg
 import pyarrow.fs as pafs
 import pytest
 
-from corpuslab.documents import list_shards, read_raw_shard
+from corpuslab.ingest.readers import list_shards, read_raw_shard
 from resources.storage import StorageResource
-from tests.corpuslab.test_storage import BUCKET, build_raw, moto_server, upload_tree
+from tests.corpuslab.ingest.test_storage import BUCKET, build_raw, moto_server, upload_tree
 
 
 def test_local_root_resolves_relative_locations(tmp_path: Path) -> None:

@@ -1,0 +1,45 @@
+"""``corpus/<source>``: raw shards normalized to Parquet, one partition a raw file."""
+
+import dagster as dg
+
+from assets.common import CONSERVED, conservation, result
+from assets.partitions import shard_partitions
+from corpuslab.declarations import Experiment
+from corpuslab.stages.corpus import materialize_corpus_shard
+from corpuslab.stages.versions import code_version
+from resources.home import CorpuslabHome
+from resources.storage import StorageResource
+
+
+def corpus_asset(exp: Experiment, source: str) -> dg.AssetsDefinition:
+    key = dg.AssetKey(["corpus", source])
+
+    @dg.asset(
+        key=key,
+        partitions_def=shard_partitions(source),
+        code_version=code_version(exp, "corpus", source),
+        group_name="corpus",
+        kinds={"parquet"},
+        description=f"Raw shards of source '{source}' normalized to Parquet "
+        f"(declared in {exp.where('sources', source)}).",
+        check_specs=[dg.AssetCheckSpec(CONSERVED, asset=key, blocking=True)],
+    )
+    def _corpus(
+        context: dg.AssetExecutionContext, home: CorpuslabHome, storage: StorageResource
+    ) -> dg.MaterializeResult:
+        summary = materialize_corpus_shard(
+            exp, home.layout(), source, context.partition_key, vars(storage.s3_options())
+        )
+        if summary["quarantined"]:
+            context.log.warning(
+                f"{summary['quarantined']} malformed records set aside: "
+                f"{summary['quarantine_reasons']}"
+            )
+        checks = [conservation(key, summary, "records", "documents", "quarantined")]
+        return result(key, summary, checks)
+
+    return _corpus
+
+
+def defs(exp: Experiment) -> dg.Definitions:
+    return dg.Definitions(assets=[corpus_asset(exp, s) for s in exp.sources])

@@ -1,0 +1,38 @@
+"""``eval/<run>``: a trained run scored on held-out text, logged to its MLflow run."""
+
+import dagster as dg
+
+from corpuslab.declarations import Experiment
+from corpuslab.stages.eval import materialize_eval
+from corpuslab.stages.versions import code_version
+from resources.home import CorpuslabHome
+from resources.tracking import MlflowTracking
+
+
+def eval_asset(exp: Experiment, run: str) -> dg.AssetsDefinition:
+    mixture = exp.runs[run].mixture
+
+    @dg.asset(
+        key=dg.AssetKey(["eval", run]),
+        deps=[dg.AssetKey(["train", run]), dg.AssetKey(["mixture", mixture])],
+        group_name="train",
+        kinds={"pytorch", "mlflow"},
+        code_version=code_version(exp, "eval", run),
+        description=f"Per-domain held-out bits-per-byte of run '{run}', logged to MLflow.",
+    )
+    def _eval(home: CorpuslabHome, mlflow: MlflowTracking) -> dg.MaterializeResult:
+        summary = materialize_eval(exp, home.layout(), run, mlflow.client())
+        return dg.MaterializeResult(
+            metadata={
+                **{k.replace(".", "_"): round(v, 4) for k, v in summary["metrics"].items()},
+                "mlflow_run_id": summary["mlflow_run_id"],
+                "domains": dg.MetadataValue.json(summary["domains"]),
+            },
+            data_version=dg.DataVersion(summary["data_version"]),
+        )
+
+    return _eval
+
+
+def defs(exp: Experiment) -> dg.Definitions:
+    return dg.Definitions(assets=[eval_asset(exp, run) for run in exp.runs])

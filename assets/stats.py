@@ -1,0 +1,69 @@
+"""``stats/*``: dbt-duckdb statistics over the stage outputs, as Dagster assets (dagster-dbt)."""
+
+import os
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import dagster as dg
+from dagster_dbt import DagsterDbtTranslator, DbtCliResource, DbtProject, dbt_assets
+
+from corpuslab.layout import HOME_ENV
+from resources.dbt import dbt_project
+from resources.home import CorpuslabHome
+
+
+class CorpuslabDbtTranslator(DagsterDbtTranslator):
+    """Keys dbt models under ``stats/`` and wires them downstream of the stage assets.
+
+    The SQL reads Parquet globs, which dbt cannot see as lineage; a model names the stages it
+    reads in ``meta.corpuslab_upstream`` and this translator turns them into asset deps.
+    """
+
+    def __init__(self, keys_by_stage: Mapping[str, Sequence[dg.AssetKey]]) -> None:
+        super().__init__()
+        self.keys_by_stage = keys_by_stage
+
+    def get_asset_spec(
+        self, manifest: Mapping[str, Any], unique_id: str, project: DbtProject | None
+    ) -> dg.AssetSpec:
+        spec = super().get_asset_spec(manifest, unique_id, project)
+        props = self.get_resource_props(manifest, unique_id)
+        if props.get("resource_type") != "model":
+            return spec
+        meta = props.get("meta") or props.get("config", {}).get("meta", {}) or {}
+        stages = meta.get("corpuslab_upstream", [])
+        extra = [dg.AssetDep(k) for s in stages for k in self.keys_by_stage.get(s, [])]
+        return spec.replace_attributes(
+            key=dg.AssetKey(["stats", props["name"]]),
+            deps=[*spec.deps, *extra],
+            group_name="stats",
+        )
+
+
+def build_dbt_assets(keys_by_stage: Mapping[str, Sequence[dg.AssetKey]]) -> dg.AssetsDefinition:
+    project = dbt_project()
+
+    @dbt_assets(
+        manifest=project.manifest_path,
+        project=project,
+        dagster_dbt_translator=CorpuslabDbtTranslator(keys_by_stage),
+        name="corpus_stats",
+    )
+    def _corpus_stats(
+        context: dg.AssetExecutionContext, dbt: DbtCliResource, home: CorpuslabHome
+    ) -> Any:
+        os.environ[HOME_ENV] = home.home  # the profile and models read it
+        yield from dbt.cli(["build"], context=context).stream()
+
+    return _corpus_stats
+
+
+def defs(*domains: dg.Definitions) -> dg.Definitions:
+    """The dbt models, downstream of the stage assets of ``domains`` they read."""
+    keys: dict[str, list[dg.AssetKey]] = defaultdict(list)
+    for d in domains:
+        for a in d.assets or []:
+            for key in a.keys:  # type: ignore[union-attr]
+                keys[key.path[0]].append(key)
+    return dg.Definitions(assets=[build_dbt_assets(keys)])

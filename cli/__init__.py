@@ -1,0 +1,1 @@
+"""Command-line entry points over the Dagster definitions (the demo, stale materialization)."""

@@ -1,0 +1,385 @@
+"""The default demo corpus: real text found on every machine with Python, no download needed.
+
+Four sources, each a folder of JSONL shards in a different format so every reader path runs:
+
+- ``reference`` (``.jsonl.gz``): the language reference topics of ``pydoc_data.topics``, the
+  quality classifier's positive examples;
+- ``docstrings`` (``.jsonl.gz``): the docstrings of each standard-library module, read with
+  :mod:`ast` (nothing is imported);
+- ``code`` (``.jsonl.zst``): standard-library source files;
+- ``packages`` (``.jsonl``): long descriptions of the distributions installed in the running
+  environment, which hold real near-duplicates (license texts, boilerplate READMEs).
+
+Inputs are sorted and capped samples are chosen by a hash of each document's id, so the same
+machine always yields byte-identical shards (gzip with mtime 0 and no file name; zstd has no
+timestamps).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import gzip
+import hashlib
+import importlib.metadata
+import json
+import logging
+import re
+import sys
+import sysconfig
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import zstandard
+
+from corpuslab.fileio import atomic_dir, atomic_path
+
+log = logging.getLogger(__name__)
+
+SOURCES = ("reference", "docstrings", "code", "packages")
+SHARD_SUFFIX = {
+    "reference": ".jsonl.gz",
+    "docstrings": ".jsonl.gz",
+    "code": ".jsonl.zst",
+    "packages": ".jsonl",
+}
+# Default documents per source: about 10 MB of text in all (code dominates).
+DEFAULT_MAX_DOCS: dict[str, int | None] = {
+    "reference": None,
+    "docstrings": None,
+    "code": 400,
+    "packages": None,
+}
+DEFAULT_SHARDS = 3  # shards per source when docs_per_shard is not given
+MAX_CODE_BYTES = 200_000  # larger files are generated tables (pydoc topics, _pydecimal)
+MIN_DOCSTRING_CHARS = 500  # a module whose docstrings are shorter is too thin to be prose
+MIN_PACKAGE_CHARS = 200  # a description shorter than this is a one-liner, not a document
+# Top-level stdlib names left out: GUI and demo code, the test suite, the dead 2to3 grammar.
+SKIP_TOP = frozenset({"test", "idlelib", "tkinter", "turtledemo", "lib2to3", "__phello__"})
+
+Record = dict[str, Any]
+
+
+def stdlib_dir() -> Path:
+    """The folder holding the pure-Python standard library of the running interpreter."""
+    return Path(sysconfig.get_paths()["stdlib"]).resolve()
+
+
+def stdlib_files(root: Path | None = None) -> list[Path]:
+    """Sorted ``.py`` files of the standard library, without tests and the skipped packages."""
+    root = root or stdlib_dir()
+    files = []
+    for entry in sorted(root.iterdir()):
+        top = entry.name.removesuffix(".py")
+        if top not in sys.stdlib_module_names or top in SKIP_TOP:
+            continue  # also skips site-packages, which is not a module name
+        candidates = sorted(entry.rglob("*.py")) if entry.is_dir() else [entry]
+        for path in candidates:
+            rel = path.relative_to(root)
+            if path.suffix != ".py" or any(p in ("test", "tests") for p in rel.parts[:-1]):
+                continue
+            if rel.name.startswith("test_") or rel.name == "__main__.py":
+                continue
+            files.append(path)
+    return files
+
+
+def module_name(rel: Path) -> str:
+    """Dotted module name of a file path relative to the stdlib folder."""
+    parts = list(rel.with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def _sample_key(doc_id: str) -> bytes:
+    return hashlib.blake2b(doc_id.encode("utf-8"), digest_size=8).digest()
+
+
+def take(records: Iterable[Record], n: int | None) -> list[Record]:
+    """The first ``n`` records (all when ``n`` is None), returned sorted by id.
+
+    Producers yield in an order fixed by a hash of the id (:func:`_hash_ordered`), so the first
+    ``n`` are a deterministic spread over the stdlib, and only those are ever built.
+    """
+    kept: list[Record] = []
+    for record in records:
+        if n is not None and len(kept) >= n:
+            break
+        kept.append(record)
+    return sorted(kept, key=lambda r: r["id"])
+
+
+def _hash_ordered(items: Iterable[Any], key: Callable[[Any], str]) -> list[Any]:
+    return sorted(items, key=lambda item: (_sample_key(key(item)), key(item)))
+
+
+REFERENCE_CHUNK_WORDS = 200
+
+
+def _chunks(text: str, min_words: int) -> list[str]:
+    """Consecutive paragraphs grouped until each chunk has at least ``min_words`` words."""
+    chunks: list[str] = []
+    current: list[str] = []
+    n = 0
+    for para in (p.strip() for p in text.split("\n\n")):
+        if not para:
+            continue
+        current.append(para)
+        n += len(para.split())
+        if n >= min_words:
+            chunks.append("\n\n".join(current))
+            current, n = [], 0
+    if current:
+        if chunks and n < min_words // 2:
+            chunks[-1] += "\n\n" + "\n\n".join(current)
+        else:
+            chunks.append("\n\n".join(current))
+    return chunks
+
+
+def reference_records() -> Iterator[Record]:
+    """Sections of the language-reference topics shipped in ``pydoc_data``.
+
+    A topic is split at paragraph boundaries into chunks of about 200 words, so the quality
+    classifier gets hundreds of positive examples from Python's ~80 topics rather than 80.
+    """
+    from pydoc_data.topics import topics
+
+    for key in _hash_ordered(topics, key=lambda k: f"reference/{k}"):
+        for i, chunk in enumerate(_chunks(topics[key].strip(), REFERENCE_CHUNK_WORDS)):
+            yield {
+                "id": f"reference/{key}/{i}",
+                "text": chunk,
+                "url": f"pydoc://topics/{key}#{i}",
+                "topic": key,
+                "kind": "reference_topic",
+            }
+
+
+def _docstrings_of(tree: ast.Module) -> list[tuple[str, str]]:
+    """(qualified name, docstring) of the module, its classes and functions, in source order."""
+    found: list[tuple[str, str]] = []
+
+    def visit(node: ast.AST, prefix: str) -> None:
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef):
+                name = f"{prefix}{child.name}"
+                doc = ast.get_docstring(child)
+                if doc:
+                    found.append((name, doc))
+                visit(child, f"{name}.")
+
+    module_doc = ast.get_docstring(tree)
+    if module_doc:
+        found.append(("", module_doc))
+    visit(tree, "")
+    return found
+
+
+def docstring_records(root: Path | None = None) -> Iterator[Record]:
+    """One document per stdlib module: its docstrings, each under the name it documents."""
+    root = root or stdlib_dir()
+    for path in _hash_ordered(stdlib_files(root), key=lambda p: str(p.relative_to(root))):
+        rel = path.relative_to(root)
+        try:
+            tree = ast.parse(path.read_bytes(), filename=str(path))
+        except (SyntaxError, ValueError):
+            continue
+        name = module_name(rel)
+        parts = [
+            doc if not qual else f"{name}.{qual}\n\n{doc}" for qual, doc in _docstrings_of(tree)
+        ]
+        text = "\n\n".join(parts).strip()
+        if len(text) < MIN_DOCSTRING_CHARS:
+            continue
+        yield {
+            "id": f"docstrings/{name}",
+            "text": text,
+            "url": f"{path.as_uri()}#docstrings",
+            "module": name,
+            "package": name.split(".")[0],
+            "kind": "docstrings",
+            "n_docstrings": len(parts),
+        }
+
+
+def code_records(root: Path | None = None) -> Iterator[Record]:
+    """One document per stdlib source file up to :data:`MAX_CODE_BYTES`."""
+    root = root or stdlib_dir()
+    for path in _hash_ordered(stdlib_files(root), key=lambda p: str(p.relative_to(root))):
+        if path.stat().st_size > MAX_CODE_BYTES:
+            continue
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError:
+            continue
+        if not text.strip():
+            continue
+        rel = path.relative_to(root)
+        name = module_name(rel)
+        yield {
+            "id": f"code/{rel.as_posix()}",
+            "text": text,
+            "url": path.as_uri(),
+            "module": name,
+            "package": name.split(".")[0],
+            "kind": "python_source",
+        }
+
+
+def _description(meta: Any) -> str:
+    payload = meta.get_payload()
+    text = payload if isinstance(payload, str) and payload.strip() else meta.get("Description")
+    return (text or "").strip()
+
+
+def package_records() -> Iterator[Record]:
+    """One document per installed distribution: its long description from ``METADATA``."""
+    by_name: dict[str, Record] = {}
+    dists = sorted(
+        importlib.metadata.distributions(),
+        key=lambda d: (str(d.metadata["Name"] or "").lower(), str(d.version or "")),
+    )
+    for dist in dists:
+        meta = dist.metadata
+        name = re.sub(r"[-_.]+", "-", str(meta["Name"] or "")).lower()
+        text = _description(meta)
+        if not name or name in by_name or len(text) < MIN_PACKAGE_CHARS:
+            continue
+        by_name[name] = {
+            "id": f"packages/{name}",
+            "text": text,
+            "url": f"https://pypi.org/project/{name}/{dist.version}/",
+            "package": name,
+            "version": dist.version,
+            "kind": "package_description",
+            "content_type": meta.get("Description-Content-Type") or "text/plain",
+        }
+    yield from _hash_ordered(by_name.values(), key=lambda r: r["id"])
+
+
+def _encode(records: list[Record]) -> bytes:
+    return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records).encode("utf-8")
+
+
+def write_shard(records: list[Record], path: Path) -> None:
+    """Write JSONL compressed by the suffix of ``path`` (byte-identical for the same records)."""
+    data = _encode(records)
+    with atomic_path(path) as tmp:
+        if path.name.endswith(".gz"):
+            with (
+                open(tmp, "wb") as raw,
+                gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) as fh,
+            ):
+                fh.write(data)
+        elif path.name.endswith(".zst"):
+            tmp.write_bytes(zstandard.ZstdCompressor(level=6).compress(data))
+        else:
+            tmp.write_bytes(data)
+
+
+def _split(records: list[Record], docs_per_shard: int | None) -> list[list[Record]]:
+    if not records:
+        return []
+    if docs_per_shard is None:
+        n_shards = min(DEFAULT_SHARDS, len(records))
+        size = -(-len(records) // n_shards)
+    else:
+        size = docs_per_shard
+    return [records[i : i + size] for i in range(0, len(records), size)]
+
+
+_PRODUCERS: dict[str, Callable[[], Iterator[Record]]] = {
+    "reference": reference_records,
+    "docstrings": docstring_records,
+    "code": code_records,
+    "packages": package_records,
+}
+
+
+def build_demo_corpus(
+    out_dir: Path,
+    *,
+    max_docs_per_source: int | None = None,
+    docs_per_shard: int | None = None,
+    sources: Iterable[str] = SOURCES,
+) -> dict[str, list[Path]]:
+    """Write every source as ``out_dir/<source>/part-NNNNN<suffix>``; return the shard paths.
+
+    ``max_docs_per_source`` caps each source (default: :data:`DEFAULT_MAX_DOCS`);
+    ``docs_per_shard`` defaults to splitting each source into :data:`DEFAULT_SHARDS` shards.
+    Each source folder is swapped in whole, so a rebuild leaves no stale shards behind.
+    """
+    if docs_per_shard is not None and docs_per_shard < 1:
+        raise ValueError("docs_per_shard must be >= 1")
+    out_dir = Path(out_dir)
+    written: dict[str, list[Path]] = {}
+    for source in sources:
+        if source not in _PRODUCERS:
+            raise ValueError(f"unknown demo source {source!r}; choose from {SOURCES}")
+        cap = max_docs_per_source if max_docs_per_source is not None else DEFAULT_MAX_DOCS[source]
+        records = take(_PRODUCERS[source](), cap)
+        final = out_dir / source
+        names = []
+        with atomic_dir(final) as tmp:
+            for i, chunk in enumerate(_split(records, docs_per_shard)):
+                name = f"part-{i:05d}{SHARD_SUFFIX[source]}"
+                write_shard(chunk, tmp / name)
+                names.append(name)
+        written[source] = [final / name for name in names]
+        log.info(
+            "demo source %s: %d docs, %.2f MB text, %d shards",
+            source,
+            len(records),
+            sum(len(r["text"].encode("utf-8")) for r in records) / 1e6,
+            len(names),
+        )
+    return written
+
+
+def summarize(shards: dict[str, list[Path]]) -> dict[str, dict[str, int]]:
+    """Docs, UTF-8 text bytes, file bytes and shard count per source, read back from disk."""
+    from corpuslab.ingest.readers import read_raw_shard
+
+    summary = {}
+    for source, paths in shards.items():
+        docs = text_bytes = 0
+        for path in paths:
+            table = read_raw_shard(path, source).table
+            docs += table.num_rows
+            text_bytes += sum(len(t.encode("utf-8")) for t in table.column("text").to_pylist())
+        summary[source] = {
+            "docs": docs,
+            "text_bytes": text_bytes,
+            "file_bytes": sum(p.stat().st_size for p in paths),
+            "shards": len(paths),
+        }
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m corpuslab.ingest.democorpus --out DIR``: build the corpus, print a summary."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, required=True, help="folder to write sources into")
+    parser.add_argument("--max-docs", type=int, default=None, help="cap per source")
+    parser.add_argument("--docs-per-shard", type=int, default=None)
+    parser.add_argument("--source", action="append", choices=SOURCES, help="repeatable")
+    args = parser.parse_args(argv)
+    shards = build_demo_corpus(
+        args.out,
+        max_docs_per_source=args.max_docs,
+        docs_per_shard=args.docs_per_shard,
+        sources=args.source or SOURCES,
+    )
+    for source, row in summarize(shards).items():
+        print(
+            f"{source:<11} {row['docs']:>6} docs {row['text_bytes'] / 1e6:>7.2f} MB text "
+            f"{row['file_bytes'] / 1e6:>7.2f} MB on disk {row['shards']:>3} shards"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

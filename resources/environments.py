@@ -1,0 +1,75 @@
+"""Resources per environment, from one mapping: ``CORPUSLAB_ENV`` = ``local`` or ``cluster``.
+
+``local`` (the default) keeps everything under one home folder on this machine: a SQLite MLflow
+store, training as a local torchrun subprocess. ``cluster`` takes every setting from the
+environment (``dg.EnvVar``, resolved when a run starts): an MLflow tracking server, training as
+a GPU pod through ``PipesK8sClient`` with the home on a shared volume, S3 credentials from the
+standard AWS variables. The Dagster instance itself (SQLite locally, Postgres on a cluster) is
+``$DAGSTER_HOME/dagster.yaml``: ``infra/dagster/local.yaml`` or ``infra/dagster/production.yaml``.
+"""
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+
+from corpuslab.layout import Layout, default_home
+from resources.dbt import dbt_resource
+from resources.home import CorpuslabHome
+from resources.launcher import TrainingLauncher
+from resources.storage import StorageResource
+from resources.tracking import MlflowTracking
+
+ENV_VAR = "CORPUSLAB_ENV"
+
+
+def local(home: Path | None = None) -> dict[str, Any]:
+    """Embedded defaults: everything under one home folder on this machine."""
+    layout = Layout(home or default_home())
+    tracking = os.environ.get("MLFLOW_TRACKING_URI") or layout.mlflow_uri
+    return {
+        "home": CorpuslabHome(home=str(layout.home)),
+        "mlflow": MlflowTracking(
+            tracking_uri=tracking, artifact_root=layout.mlflow_artifacts.as_uri()
+        ),
+        "launcher": TrainingLauncher(mode="local"),
+        "storage": StorageResource(),  # S3 settings from the standard AWS environment variables
+        "dbt": dbt_resource(),
+    }
+
+
+def cluster(home: Path | None = None) -> dict[str, Any]:
+    """A cluster: tracking server, Kubernetes training pods, shared home, S3 (from the env)."""
+    return {
+        "home": CorpuslabHome(home=str(home) if home else dg.EnvVar("CORPUSLAB_HOME")),
+        "mlflow": MlflowTracking(tracking_uri=dg.EnvVar("MLFLOW_TRACKING_URI")),
+        "launcher": TrainingLauncher(
+            mode="k8s",
+            image=dg.EnvVar("CORPUSLAB_IMAGE"),
+            namespace=dg.EnvVar("CORPUSLAB_K8S_NAMESPACE"),
+            home_volume_claim=dg.EnvVar("CORPUSLAB_HOME_PVC"),
+            home_mount_path=dg.EnvVar("CORPUSLAB_HOME"),
+        ),
+        "storage": StorageResource(),
+        "dbt": dbt_resource(),
+    }
+
+
+ENVIRONMENTS: dict[str, Callable[[Path | None], dict[str, Any]]] = {
+    "local": local,
+    "cluster": cluster,
+}
+
+
+def resources_for_env(env: str | None = None, home: Path | None = None) -> dict[str, Any]:
+    """The resources of ``env`` (default ``$CORPUSLAB_ENV``, else ``local``)."""
+    env = env or os.environ.get(ENV_VAR, "local")
+    if env not in ENVIRONMENTS:
+        raise ValueError(f"{ENV_VAR}={env!r} unknown; allowed: {', '.join(ENVIRONMENTS)}")
+    return ENVIRONMENTS[env](home)
+
+
+def defs(home: Path | None = None) -> dg.Definitions:
+    return dg.Definitions(resources=resources_for_env(home=home))
