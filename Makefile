@@ -27,7 +27,7 @@ corpus: install
 	$(PY) -m corpuslab.ingest.democorpus --out $(CORPUSLAB_HOME)/raw
 
 demo: install
-	$(PY) -m cli.demo
+	$(VENV)/bin/corpuslab demo
 
 test: install
 	$(VENV)/bin/pytest -q

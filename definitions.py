@@ -4,6 +4,7 @@
 the experiment is ``$CORPUSLAB_EXPERIMENTS`` or ``experiments/``.
 """
 
+import contextlib
 from pathlib import Path
 
 import dagster as dg
@@ -11,18 +12,24 @@ import dagster as dg
 import jobs
 from assets import corpus, evaluation, mixture, pool, stats, training
 from corpuslab.declarations import load_experiment
+from jobs import automation
 from resources import environments
 
 
-def build(experiments: Path | None = None, home: Path | None = None) -> dg.Definitions:
-    """Definitions of the declared experiment, with the resources of ``$CORPUSLAB_ENV``."""
+def build(
+    experiments: Path | None = None, home: Path | None = None, now: bool = False
+) -> dg.Definitions:
+    """Definitions of the declared experiment, with the resources of ``$CORPUSLAB_ENV``.
+
+    Every asset carries the automation condition of ``jobs.automation``; ``now`` makes them all
+    eager (what ``corpuslab materialize`` evaluates).
+    """
     exp = load_experiment(experiments)
-    domains = [m.defs(exp) for m in (corpus, pool, mixture, training, evaluation)]
+    with automation.eager_everywhere() if now else contextlib.nullcontext():
+        domains = [m.defs(exp) for m in (corpus, pool, mixture, training, evaluation)]
+        stats_defs = stats.defs(*domains)
     return dg.Definitions.merge(
-        *domains,
-        stats.defs(*domains),
-        jobs.defs(exp, *domains),
-        environments.defs(home),
+        *domains, stats_defs, jobs.defs(exp, *domains), environments.defs(home)
     )
 
 

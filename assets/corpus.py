@@ -7,6 +7,7 @@ from assets.partitions import shard_partitions
 from corpuslab.declarations import Experiment
 from corpuslab.stages.corpus import materialize_corpus_shard
 from corpuslab.stages.versions import code_version
+from jobs.automation import SHARD_BACKFILL, condition_for
 from resources.home import CorpuslabHome
 from resources.storage import StorageResource
 
@@ -17,6 +18,8 @@ def corpus_asset(exp: Experiment, source: str) -> dg.AssetsDefinition:
     @dg.asset(
         key=key,
         partitions_def=shard_partitions(source),
+        backfill_policy=SHARD_BACKFILL,
+        automation_condition=condition_for(key),
         code_version=code_version(exp, "corpus", source),
         group_name="corpus",
         kinds={"parquet"},

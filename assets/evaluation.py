@@ -5,18 +5,22 @@ import dagster as dg
 from corpuslab.declarations import Experiment
 from corpuslab.stages.eval import materialize_eval
 from corpuslab.stages.versions import code_version
+from jobs.automation import GLOBAL_BACKFILL, condition_for
 from resources.home import CorpuslabHome
 from resources.tracking import MlflowTracking
 
 
 def eval_asset(exp: Experiment, run: str) -> dg.AssetsDefinition:
     mixture = exp.runs[run].mixture
+    key = dg.AssetKey(["eval", run])
 
     @dg.asset(
-        key=dg.AssetKey(["eval", run]),
+        key=key,
         deps=[dg.AssetKey(["train", run]), dg.AssetKey(["mixture", mixture])],
+        backfill_policy=GLOBAL_BACKFILL,
         group_name="train",
         kinds={"pytorch", "mlflow"},
+        automation_condition=condition_for(key),
         code_version=code_version(exp, "eval", run),
         description=f"Per-domain held-out bits-per-byte of run '{run}', logged to MLflow.",
     )

@@ -7,6 +7,7 @@ from assets.common import result
 from corpuslab.declarations import Experiment
 from corpuslab.stages.mixture import materialize_mixture, materialize_tokenizer, materialize_tokens
 from corpuslab.stages.versions import code_version
+from jobs.automation import GLOBAL_BACKFILL, condition_for
 from resources.home import CorpuslabHome
 
 
@@ -22,8 +23,10 @@ def tokenizer_asset(exp: Experiment, mixture: str) -> dg.AssetsDefinition:
     @dg.asset(
         key=key,
         deps=filtered_keys(exp, mixture),
+        backfill_policy=GLOBAL_BACKFILL,
         group_name="mixture",
         kinds={"tokenizers"},
+        automation_condition=condition_for(key),
         code_version=code_version(exp, "tokenizer", mixture),
         description=f"Tokenizer of mixture '{mixture}': "
         + (f"the file {tdecl.file}." if tdecl.file else "byte-level BPE trained on its documents."),
@@ -44,7 +47,9 @@ def mixture_asset(exp: Experiment, mixture: str) -> dg.AssetsDefinition:
     @dg.asset(
         key=key,
         deps=deps,
+        backfill_policy=GLOBAL_BACKFILL,
         group_name="mixture",
+        automation_condition=condition_for(key),
         code_version=code_version(exp, "mixture", mixture),
         description=f"Domain weights ({decl.strategy}) and documents of mixture '{mixture}'.",
     )
@@ -66,8 +71,10 @@ def tokens_asset(exp: Experiment, mixture: str) -> dg.AssetsDefinition:
             dg.AssetKey(["mixture", mixture]),
             dg.AssetKey(["tokenizer", exp.tokenizer_owner(mixture)]),
         ],
+        backfill_policy=GLOBAL_BACKFILL,
         group_name="mixture",
         kinds={"numpy"},
+        automation_condition=condition_for(key),
         code_version=code_version(exp, "tokens", mixture),
         description=f"Shuffled fixed-length token sequences of mixture '{mixture}'.",
     )

@@ -1,17 +1,19 @@
-"""A recipe's assets: ``pool/<recipe>/<source>`` per shard, ``dedup/<recipe>``,
-``quality_model/<recipe>`` and ``filtered/<recipe>/<source>`` per shard."""
+"""A recipe's assets: per shard ``pool/<recipe>/<source>``, ``dedup/<recipe>/<source>`` and
+``filtered/<recipe>/<source>``; once per recipe ``quality_model/<recipe>``."""
 
 import json
 
 import dagster as dg
+from pydantic import Field
 
 from assets.common import CONSERVED, conservation, result
 from assets.partitions import shard_partitions
 from corpuslab.declarations import Experiment
-from corpuslab.stages.dedup import materialize_dedup
+from corpuslab.stages.dedup import materialize_dedup_shard
 from corpuslab.stages.pool import materialize_filtered_shard, materialize_pool_shard
 from corpuslab.stages.quality import materialize_quality_model
 from corpuslab.stages.versions import code_version
+from jobs.automation import GLOBAL_BACKFILL, SHARD_BACKFILL, condition_for
 from resources.home import CorpuslabHome
 
 SURVIVORS = "survivors_kept"
@@ -24,6 +26,8 @@ def pool_asset(exp: Experiment, recipe: str, source: str) -> dg.AssetsDefinition
         key=key,
         deps=[dg.AssetKey(["corpus", source])],
         partitions_def=shard_partitions(source),
+        backfill_policy=SHARD_BACKFILL,
+        automation_condition=condition_for(key),
         code_version=code_version(exp, "pool", recipe),
         group_name="pool",
         kinds={"parquet"},
@@ -38,25 +42,53 @@ def pool_asset(exp: Experiment, recipe: str, source: str) -> dg.AssetsDefinition
     return _pool
 
 
-def dedup_asset(exp: Experiment, recipe: str) -> dg.AssetsDefinition:
-    key = dg.AssetKey(["dedup", recipe])
+class DedupConfig(dg.Config):
+    """Run config of a dedup materialization."""
+
+    full_recompute: str = Field(
+        default="",
+        description="Any value not used before (e.g. today's date) clears the recipe's dedup "
+        "index once and decides every shard again as one batch, as a build from scratch would.",
+    )
+
+
+class QualityConfig(dg.Config):
+    """Run config of a quality-model materialization."""
+
+    retrain: str = Field(
+        default="",
+        description="Any value not used before draws a new training sample and retrains; "
+        "otherwise the recorded model is kept while its declaration and sample are unchanged.",
+    )
+
+
+def dedup_asset(exp: Experiment, recipe: str, source: str) -> dg.AssetsDefinition:
+    key = dg.AssetKey(["dedup", recipe, source])
 
     @dg.asset(
         key=key,
-        deps=[dg.AssetKey(["pool", recipe, s]) for s in exp.recipes[recipe].sources],
+        deps=[dg.AssetKey(["pool", recipe, source])],
+        partitions_def=shard_partitions(source),
+        backfill_policy=SHARD_BACKFILL,
+        automation_condition=condition_for(key),
         code_version=code_version(exp, "dedup", recipe),
         group_name="pool",
         kinds={"minhash"},
-        description=f"Exact and MinHash-LSH near-duplicates across all shards of '{recipe}'.",
+        description=f"Exact and MinHash-LSH duplicates of each '{recipe}/{source}' shard, decided "
+        f"against every shard of recipe '{recipe}' decided before (existing decisions stay).",
         check_specs=[dg.AssetCheckSpec(SURVIVORS, asset=key, blocking=True)],
     )
-    def _dedup(home: CorpuslabHome) -> dg.MaterializeResult:
-        summary = materialize_dedup(exp, home.layout(), recipe)
+    def _dedup(
+        context: dg.AssetExecutionContext, config: DedupConfig, home: CorpuslabHome
+    ) -> dg.MaterializeResult:
+        summary = materialize_dedup_shard(
+            exp, home.layout(), recipe, source, context.partition_key, config.full_recompute
+        )
         check = dg.AssetCheckResult(
             asset_key=key,
             check_name=SURVIVORS,
             passed=summary["survivors_kept"],
-            description="every dropped duplicate points at a document that is kept",
+            description="every dropped duplicate points at a document the index keeps",
         )
         return result(key, summary, [check])
 
@@ -66,24 +98,28 @@ def dedup_asset(exp: Experiment, recipe: str) -> dg.AssetsDefinition:
 def quality_asset(exp: Experiment, recipe: str) -> dg.AssetsDefinition:
     decl = exp.recipes[recipe]
     key = dg.AssetKey(["quality_model", recipe])
-    deps = [
-        *(dg.AssetKey(["pool", recipe, s]) for s in decl.sources),
-        dg.AssetKey(["dedup", recipe]),
-    ]
+    deps = [dg.AssetKey([stage, recipe, s]) for stage in ("pool", "dedup") for s in decl.sources]
     if decl.quality is not None:
         deps.append(dg.AssetKey(["corpus", decl.quality.positive_source]))
 
     @dg.asset(
         key=key,
         deps=deps,
+        backfill_policy=GLOBAL_BACKFILL,
+        automation_condition=condition_for(key),
         code_version=code_version(exp, "quality_model", recipe),
         group_name="pool",
         kinds={"fasttext"},
-        description=f"fastText quality classifier of recipe '{recipe}' and the pool's scores.",
+        description=f"fastText quality classifier of recipe '{recipe}' and its keep threshold, "
+        "fixed by its declaration and its recorded training sample.",
     )
-    def _quality(context: dg.AssetExecutionContext, home: CorpuslabHome) -> dg.MaterializeResult:
-        summary = materialize_quality_model(exp, home.layout(), recipe)
-        if summary.get("metrics"):
+    def _quality(
+        context: dg.AssetExecutionContext, config: QualityConfig, home: CorpuslabHome
+    ) -> dg.MaterializeResult:
+        summary = materialize_quality_model(exp, home.layout(), recipe, config.retrain)
+        if summary.get("reused"):
+            context.log.info("declaration and training sample unchanged: the model is kept")
+        elif summary.get("metrics"):
             context.log.info(f"held-out metrics: {json.dumps(summary['metrics'])}")
         return result(key, summary)
 
@@ -97,10 +133,12 @@ def filtered_asset(exp: Experiment, recipe: str, source: str) -> dg.AssetsDefini
         key=key,
         deps=[
             dg.AssetKey(["pool", recipe, source]),
-            dg.AssetKey(["dedup", recipe]),
+            dg.AssetKey(["dedup", recipe, source]),
             dg.AssetKey(["quality_model", recipe]),
         ],
         partitions_def=shard_partitions(source),
+        backfill_policy=SHARD_BACKFILL,
+        automation_condition=condition_for(key),
         code_version=code_version(exp, "filtered", recipe),
         group_name="pool",
         kinds={"parquet"},
@@ -119,7 +157,8 @@ def filtered_asset(exp: Experiment, recipe: str, source: str) -> dg.AssetsDefini
 def defs(exp: Experiment) -> dg.Definitions:
     assets: list[dg.AssetsDefinition] = []
     for recipe, decl in exp.recipes.items():
-        assets += [pool_asset(exp, recipe, s) for s in decl.sources]
-        assets += [dedup_asset(exp, recipe), quality_asset(exp, recipe)]
+        for stage in (pool_asset, dedup_asset):
+            assets += [stage(exp, recipe, s) for s in decl.sources]
+        assets.append(quality_asset(exp, recipe))
         assets += [filtered_asset(exp, recipe, s) for s in decl.sources]
     return dg.Definitions(assets=assets)

@@ -9,6 +9,7 @@ import dagster as dg
 from dagster_dbt import DagsterDbtTranslator, DbtCliResource, DbtProject, dbt_assets
 
 from corpuslab.layout import HOME_ENV
+from jobs.automation import condition_for
 from resources.dbt import dbt_project
 from resources.home import CorpuslabHome
 
@@ -34,10 +35,12 @@ class CorpuslabDbtTranslator(DagsterDbtTranslator):
         meta = props.get("meta") or props.get("config", {}).get("meta", {}) or {}
         stages = meta.get("corpuslab_upstream", [])
         extra = [dg.AssetDep(k) for s in stages for k in self.keys_by_stage.get(s, [])]
+        key = dg.AssetKey(["stats", props["name"]])
         return spec.replace_attributes(
-            key=dg.AssetKey(["stats", props["name"]]),
+            key=key,
             deps=[*spec.deps, *extra],
             group_name="stats",
+            automation_condition=condition_for(key),
         )
 
 

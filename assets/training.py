@@ -15,6 +15,7 @@ from corpuslab.declarations import Experiment
 from corpuslab.stages import training as stage
 from corpuslab.stages.doremi import materialize_doremi_weights
 from corpuslab.stages.versions import code_version
+from jobs.automation import GLOBAL_BACKFILL, condition_for
 from resources.home import CorpuslabHome
 from resources.launcher import TrainingLauncher
 from resources.tracking import MlflowTracking
@@ -81,8 +82,10 @@ def train_asset(exp: Experiment, run: str) -> dg.AssetsDefinition:
     @dg.asset(
         key=key,
         deps=deps,
+        backfill_policy=GLOBAL_BACKFILL,
         group_name="train",
         kinds=TRAINING_KINDS,
+        automation_condition=condition_for(key),
         code_version=code_version(exp, "train", run),
         description=f"DeepSpeed ZeRO training run '{run}' on mixture '{rdecl.mixture}', via Pipes.",
     )
@@ -122,8 +125,10 @@ def doremi_assets(exp: Experiment, mixture: str) -> list[dg.AssetsDefinition]:
         @dg.asset(
             key=key,
             deps=deps,
+            backfill_policy=GLOBAL_BACKFILL,
             group_name="doremi",
             kinds=TRAINING_KINDS,
+            automation_condition=condition_for(key),
             code_version=code_version(exp, f"doremi_{role}", mixture),
             description=f"DoReMi {what} for mixture '{mixture}', trained on '{decl.reference}'.",
         )
@@ -154,8 +159,10 @@ def doremi_assets(exp: Experiment, mixture: str) -> list[dg.AssetsDefinition]:
     @dg.asset(
         key=weights_key,
         deps=[proxy_key],
+        backfill_policy=GLOBAL_BACKFILL,
         group_name="doremi",
         kinds={"mlflow"},
+        automation_condition=condition_for(weights_key),
         code_version=code_version(exp, "doremi_weights", mixture),
         description=f"DoReMi domain weights of mixture '{mixture}': the proxy's average weights.",
     )

@@ -1,156 +1,372 @@
-"""Materialize exactly what is stale or missing, through Dagster, in dependency order.
+"""Materialize what is missing or stale, now, with Dagster's own declarative automation.
 
-The same decision the UI's "Materialize stale and missing" makes, done from a script: per
-partition for sharded assets, one run per ready group, until nothing is stale.
+The definitions are built with every asset on the ``NOW`` condition (``jobs.automation``: the
+eager condition, plus assets missing from the start); each tick evaluates
+their automation conditions with ``dg.evaluate_automation_conditions`` against the persistent
+instance and materializes what they request: one run per shard for per-shard stages (the shard's
+chain of stages together), and one run per group of independent global assets, up to ``jobs``
+runs side by side. Ticks repeat until nothing is requested. The automation cursor is kept under
+``$DAGSTER_HOME`` between invocations, so a declaration edited since the last call is seen (its
+code version changed); assets whose recorded code version differs from the declared one are
+requested even without a cursor.
 """
 
 from __future__ import annotations
 
+import functools
+import multiprocessing
+import os
+import time
 from collections import defaultdict
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import dagster as dg
-from dagster._core.asset_graph_view.asset_graph_view import AssetGraphView, TemporalContext
-from dagster._core.definitions.data_version import CachingStaleStatusResolver, StaleStatus
-from dagster._time import get_current_datetime
 
-Unit = tuple[dg.AssetKey, str | None]
+CURSOR_FILE = "corpuslab_automation_cursor.json"
+Unit = tuple[dg.AssetKey, str | None]  # an asset and its partition (None: unpartitioned)
 
 
 @dataclass
 class RunReport:
+    """One Dagster run the command launched: what it materialized and its checks' outcomes."""
+
     run_id: str
     partition: str | None
     keys: list[dg.AssetKey]
     success: bool
-    checks: dict[str, bool]  # "asset_key:check_name[partition]" -> passed
+    seconds: float
+    checks: dict[str, bool] = field(default_factory=dict)  # "asset:check[partition]" -> passed
+    error: str = ""
 
 
-def stale_status(defs: dg.Definitions, instance: dg.DagsterInstance) -> dict[Unit, StaleStatus]:
-    """Stale status of every (asset, partition) of the definitions (internal Dagster API)."""
-    graph = defs.resolve_asset_graph()
-    view = AssetGraphView(
-        temporal_context=TemporalContext(effective_dt=get_current_datetime(), last_event_id=None),
-        instance=instance,
-        asset_graph=graph,
-    )
-    resolver = CachingStaleStatusResolver(
-        instance=instance, asset_graph=graph, loading_context=view
-    )
-    out: dict[Unit, StaleStatus] = {}
-    for key in graph.materializable_asset_keys:
-        pdef = graph.get(key).partitions_def
-        parts = (
-            [None] if pdef is None else pdef.get_partition_keys(dynamic_partitions_store=instance)
+class MaterializeError(RuntimeError):
+    """A run failed or an asset stayed requested after being materialized."""
+
+
+def _cursor_path(instance: dg.DagsterInstance) -> Path:
+    return Path(instance.root_directory) / CURSOR_FILE
+
+
+def load_cursor(instance: dg.DagsterInstance) -> Any:
+    path = _cursor_path(instance)
+    if not path.is_file():
+        return None
+    try:
+        return dg.deserialize_value(path.read_text())
+    except Exception:  # a cursor from another Dagster version: start afresh
+        return None
+
+
+def save_cursor(instance: dg.DagsterInstance, cursor: Any) -> None:
+    path = _cursor_path(instance)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(dg.serialize_value(cursor))
+    os.replace(tmp, path)
+
+
+def evaluate(
+    defs: dg.Definitions,
+    instance: dg.DagsterInstance,
+    selection: dg.AssetSelection | None,
+    cursor: Any,
+) -> dg.EvaluateAutomationConditionsResult:
+    """One tick of the automation conditions.
+
+    Dynamic partitions cannot change during a tick, so the instance's partition lookups are
+    cached for its duration: building the tick's cursor looks them up once per condition node
+    and subset (thousands of SQLite connections otherwise, ~10 s for the tiny experiment).
+    """
+    lookup = instance.get_dynamic_partitions
+    instance.get_dynamic_partitions = functools.cache(lookup)  # type: ignore[method-assign]
+    try:
+        return dg.evaluate_automation_conditions(
+            defs, instance, asset_selection=selection, cursor=cursor
         )
-        for p in parts:
-            out[(key, p)] = resolver.get_status(key, p)
+    finally:
+        del instance.get_dynamic_partitions  # back to the class's method
+
+
+def code_version_changes(defs: dg.Definitions, instance: dg.DagsterInstance) -> dict[Unit, str]:
+    """Materialized (asset, partition)s whose recorded code version differs from the declared."""
+    graph = defs.resolve_asset_graph()
+    out: dict[Unit, str] = {}
+    for key in graph.materializable_asset_keys:
+        node = graph.get(key)
+        declared = node.code_version
+        if declared is None:
+            continue
+        seen: set[str | None] = set()
+        cursor = None
+        while True:  # newest first: the first record of a partition is its latest
+            page = instance.fetch_materializations(
+                dg.AssetRecordsFilter(asset_key=key), limit=1000, cursor=cursor
+            )
+            for record in page.records:
+                mat = record.event_log_entry.asset_materialization
+                if mat is None or mat.partition in seen:
+                    continue
+                seen.add(mat.partition)
+                recorded = mat.tags.get("dagster/code_version")
+                if recorded != declared:
+                    out[(key, mat.partition)] = f"declaration changed ({recorded} -> {declared})"
+            if not page.has_more:
+                break
+            cursor = page.cursor
     return out
 
 
-def needs_rebuild(defs: dg.Definitions, instance: dg.DagsterInstance) -> set[dg.AssetKey]:
-    """Stale or missing assets plus everything downstream of them.
-
-    Dagster marks only the asset whose code version changed as stale; its descendants turn stale
-    once it is rebuilt with a different data version (and stay fresh if the output is identical).
-    This is the set a change *may* rebuild: the answer to "what does editing this recipe touch".
-    """
-    graph = defs.resolve_asset_graph()
-    todo = [k for k, _ in pending_units(defs, instance)]
-    seen: set[dg.AssetKey] = set()
-    while todo:
-        key = todo.pop()
-        if key in seen:
+def requested_units(result: dg.EvaluateAutomationConditionsResult, keys: Iterable) -> set[Unit]:
+    units: set[Unit] = set()
+    for key in keys:
+        if not result.get_num_requested(key):
             continue
-        seen.add(key)
-        todo.extend(graph.get(key).child_keys)
+        parts = result.get_requested_partitions(key)
+        units |= {(key, p) for p in parts} if parts else {(key, None)}
+    return units
+
+
+def _descendants(graph: Any, keys: Iterable[dg.AssetKey]) -> set[dg.AssetKey]:
+    seen: set[dg.AssetKey] = set()
+    todo = [c for k in keys for c in graph.get(k).child_keys]
+    while todo:
+        child = todo.pop()
+        if child not in seen:
+            seen.add(child)
+            todo.extend(graph.get(child).child_keys)
     return seen
 
 
-def pending_units(defs: dg.Definitions, instance: dg.DagsterInstance) -> list[Unit]:
-    return [
-        u
-        for u, s in stale_status(defs, instance).items()
-        if s in (StaleStatus.STALE, StaleStatus.MISSING)
-    ]
-
-
-def _ready_groups(graph: Any, pending: set[Unit]) -> dict[tuple[str | None, str | None], list]:
-    """Group pending units into runs: one per shard (all sharded stages of that shard that can
-    run together) and one for unpartitioned assets whose pending parents are all done.
-
-    A unit joins a group when each pending parent is already in the same group (same shard of
-    the same partitions definition), so a shard's corpus -> pool chain runs in one Dagster run.
+def split_ready(graph: Any, units: set[Unit]) -> tuple[set[Unit], set[Unit]]:
+    """(units to run now, units to defer): a unit waits while an asset between it and another
+    requested unit is not requested itself, since that asset may still change (and it would
+    have to run twice). Units chained through requested assets share runs, ordered by Dagster.
     """
-    groups: dict[tuple[str | None, str | None], list] = defaultdict(list)
-    placed: dict[Unit, tuple[str | None, str | None]] = {}
-    for key in graph.toposorted_asset_keys:
-        node = graph.get(key)
-        pdef_name = getattr(node.partitions_def, "name", None)
-        for unit in sorted((u for u in pending if u[0] == key), key=str):
-            group = (pdef_name, unit[1])
-            ok = True
-            for parent in node.parent_keys:
-                parent_units = [u for u in pending if u[0] == parent]
-                if not parent_units:
-                    continue
-                same_shard = graph.get(parent).partitions_def is not None and unit[1] is not None
-                if same_shard:
-                    pu = (parent, unit[1])
-                    if pu in pending and placed.get(pu) != group:
-                        ok = False
-                elif any(placed.get(pu) != group for pu in parent_units) or pdef_name is not None:
-                    ok = False
-                if not ok:
-                    break
-            if ok:
-                groups[group].append(key)
-                placed[unit] = group
-    return groups
+    requested = {k for k, _ in units}
+    changing = _descendants(graph, requested) - requested  # may change after this tick
+    blocked = {k for k in requested if _ancestors(graph, k) & changing}
+    return {u for u in units if u[0] not in blocked}, {u for u in units if u[0] in blocked}
 
 
-def materialize_stale(
+def group_runs(graph: Any, units: set[Unit]) -> list[tuple[str | None, list[dg.AssetKey]]]:
+    """Runs for a tick's requests: one per shard key, one per independent group of the rest.
+
+    Two global assets are independent when neither is upstream of the other; dependent ones
+    share a run, where Dagster orders their steps.
+    """
+    by_partition: dict[tuple[str, str], list[dg.AssetKey]] = defaultdict(list)
+    globals_: list[dg.AssetKey] = []
+    for key, part in units:
+        if part is None:
+            globals_.append(key)
+        else:
+            pdef = graph.get(key).partitions_def
+            by_partition[(getattr(pdef, "name", "") or "", part)].append(key)
+    runs: list[tuple[str | None, list[dg.AssetKey]]] = []
+    for pdef_name, part in sorted(by_partition):
+        runs.append((part, sorted(set(by_partition[(pdef_name, part)]), key=str)))
+    remaining = sorted(set(globals_), key=str)
+    groups: list[set[dg.AssetKey]] = []
+    for key in remaining:
+        related = [g for g in groups if any(_connected(graph, key, other) for other in g)]
+        merged = {key}.union(*related)
+        groups = [g for g in groups if g not in related] + [merged]
+    runs += [(None, sorted(g, key=str)) for g in groups]
+    return runs
+
+
+def order_runs(
+    graph: Any, runs: list[tuple[str | None, list[dg.AssetKey]]]
+) -> list[list[tuple[str | None, list[dg.AssetKey]]]]:
+    """Runs in levels: a run comes after every run holding an ancestor of its assets; the runs
+    of one level are independent of each other (they may run side by side)."""
+    upstream = [set().union(*(_ancestors(graph, k) for k in keys)) for _, keys in runs]
+    after = [
+        {j for j, (_, other) in enumerate(runs) if j != i and upstream[i] & set(other)}
+        for i in range(len(runs))
+    ]
+    levels, placed = [], set()
+    while len(placed) < len(runs):
+        level = [i for i in range(len(runs)) if i not in placed and after[i] <= placed]
+        if not level:  # a cycle cannot happen in an asset graph; keep the order if it does
+            level = [i for i in range(len(runs)) if i not in placed]
+        levels.append([runs[i] for i in level])
+        placed |= set(level)
+    return levels
+
+
+def _ancestors(graph: Any, key: dg.AssetKey) -> set[dg.AssetKey]:
+    seen: set[dg.AssetKey] = set()
+    todo = list(graph.get(key).parent_keys)
+    while todo:
+        parent = todo.pop()
+        if parent not in seen:
+            seen.add(parent)
+            todo.extend(graph.get(parent).parent_keys)
+    return seen
+
+
+def _connected(graph: Any, a: dg.AssetKey, b: dg.AssetKey) -> bool:
+    return b in _ancestors(graph, a) or a in _ancestors(graph, b)
+
+
+def _run_config(
+    keys: list[dg.AssetKey], configs: dict[dg.AssetKey, dict[str, Any]], log_level: str
+) -> dict[str, Any]:
+    ops = {k.to_python_identifier(): {"config": configs[k]} for k in keys if k in configs}
+    return {"loggers": {"console": {"config": {"log_level": log_level}}}, "ops": ops}
+
+
+def execute_run(
     defs: dg.Definitions,
     instance: dg.DagsterInstance,
-    log: Callable[[str], None] = print,
-    max_rounds: int = 50,
+    partition: str | None,
+    keys: list[dg.AssetKey],
+    configs: dict[dg.AssetKey, dict[str, Any]],
     log_level: str = "WARNING",
+) -> RunReport:
+    """Materialize ``keys`` (for ``partition``) in one in-process Dagster run."""
+    t0 = time.perf_counter()
+    result = dg.materialize(
+        assets=list(defs.assets or []),  # type: ignore[arg-type] - Definitions holds assets
+        selection=keys,
+        partition_key=partition,
+        instance=instance,
+        resources=defs.resources,
+        raise_on_error=False,
+        tags={"corpuslab/launched_by": "corpuslab materialize"},
+        run_config=_run_config(keys, configs, log_level),
+    )
+    checks = {
+        f"{e.asset_key.to_user_string()}:{e.check_name}"
+        + (f"[{partition}]" if partition else ""): e.passed
+        for e in result.get_asset_check_evaluations()
+    }
+    error = ""
+    if not result.success:
+        failures = [e for e in result.all_events if e.is_step_failure]
+        error = "; ".join(
+            f"{e.step_key}: {e.step_failure_data.error.message.strip()}"  # type: ignore[union-attr]
+            for e in failures
+            if e.step_failure_data and e.step_failure_data.error
+        )
+    return RunReport(
+        result.run_id,
+        partition,
+        keys,
+        result.success,
+        time.perf_counter() - t0,
+        checks,
+        error or ("" if result.success else "run failed"),
+    )
+
+
+def _worker_run(
+    experiments: str | None, home: str, partition: str | None, keys: list[str], configs: dict
+) -> RunReport:
+    """A run in a worker process (its own definitions and instance connection)."""
+    from definitions import build
+
+    defs = build(Path(experiments) if experiments else None, Path(home), now=True)
+    instance = dg.DagsterInstance.get()
+    asset_keys = [dg.AssetKey.from_user_string(k) for k in keys]
+    cfg = {dg.AssetKey.from_user_string(k): v for k, v in configs.items()}
+    return execute_run(defs, instance, partition, asset_keys, cfg)
+
+
+def materialize(
+    defs: dg.Definitions,
+    instance: dg.DagsterInstance,
+    *,
+    selection: dg.AssetSelection | None = None,
+    force: dict[Unit, dict[str, Any]] | None = None,
+    jobs: int = 1,
+    experiments: Path | None = None,
+    home: Path | None = None,
+    log: Callable[[str], None] = print,
+    max_ticks: int = 100,
 ) -> list[RunReport]:
-    """Run stale/missing assets until none remain; raise if a run fails."""
+    """Materialize until the automation conditions request nothing; raise on a failed run.
+
+    ``defs`` must be built with the ``NOW`` conditions (``definitions.build(now=True)``).
+    ``force`` adds units to materialize on the first tick whatever their status, with their run
+    config (a full dedup recompute, a retrain). ``jobs`` > 1 runs independent runs of a tick
+    side by side in worker processes (they rebuild the definitions from ``experiments`` and
+    ``home``).
+    """
     graph = defs.resolve_asset_graph()
+    keys = [k for k in graph.materializable_asset_keys if selection is None or k in
+            selection.resolve(graph)]  # fmt: skip
+    configs: dict[dg.AssetKey, dict[str, Any]] = {}
+    cursor = load_cursor(instance)
+    first = dict(code_version_changes(defs, instance))
+    first.update({u: "forced" for u in force or {}})
+    for (key, _), cfg in (force or {}).items():
+        configs[key] = cfg
     reports: list[RunReport] = []
-    attempted: set[Unit] = set()
-    for _ in range(max_rounds):
-        pending = set(pending_units(defs, instance))
-        if not pending:
+    done: set[Unit] = set()
+    deferred: set[Unit] = set()
+    for _ in range(max_ticks):
+        result = evaluate(defs, instance, selection, cursor)
+        cursor = result.cursor
+        save_cursor(instance, cursor)
+        units = requested_units(result, keys) | {u for u in first if u[0] in keys} | deferred
+        first = {}
+        if not units:
             return reports
-        again = pending & attempted
+        units, deferred = split_ready(graph, units)
+        again = units & done
         if again:
             names = ", ".join(sorted(f"{k.to_user_string()}[{p}]" for k, p in again))
-            raise RuntimeError(f"still stale after being materialized: {names}")
-        groups = _ready_groups(graph, pending)
-        for (_, part), keys in sorted(
-            groups.items(), key=lambda kv: (kv[0][0] is None, str(kv[0]))
-        ):
-            label = ", ".join(k.to_user_string() for k in sorted(keys, key=str))
+            raise MaterializeError(f"still requested after being materialized: {names}")
+        done |= units
+        runs = group_runs(graph, units)
+        for part, run_keys in runs:
+            label = ", ".join(k.to_user_string() for k in run_keys)
             log(f"materializing {label}" + (f" [shard {part}]" if part else ""))
-            result = dg.materialize(
-                assets=list(defs.assets or []),  # type: ignore[arg-type]
-                selection=keys,
-                partition_key=part,
-                instance=instance,
-                resources=defs.resources,
-                raise_on_error=True,
-                tags={"corpuslab/launched_by": "materialize_stale"},
-                run_config={"loggers": {"console": {"config": {"log_level": log_level}}}},
+        tick_reports = []
+        for level in order_runs(graph, runs):
+            tick_reports += _execute(defs, instance, level, configs, jobs, experiments, home)
+            if not all(r.success for r in tick_reports):
+                break
+        for report in tick_reports:
+            reports.append(report)
+            if not report.success:
+                names = ", ".join(k.to_user_string() for k in report.keys)
+                raise MaterializeError(
+                    f"run {report.run_id} ({names}"
+                    + (f" [shard {report.partition}]" if report.partition else "")
+                    + f") failed: {report.error}"
+                )
+        configs = {}
+    raise MaterializeError(f"still requesting after {max_ticks} ticks")
+
+
+def _execute(
+    defs: dg.Definitions,
+    instance: dg.DagsterInstance,
+    runs: list[tuple[str | None, list[dg.AssetKey]]],
+    configs: dict[dg.AssetKey, dict[str, Any]],
+    jobs: int,
+    experiments: Path | None,
+    home: Path | None,
+) -> list[RunReport]:
+    if jobs <= 1 or len(runs) <= 1 or home is None:
+        return [execute_run(defs, instance, part, keys, configs) for part, keys in runs]
+    ctx = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=min(jobs, len(runs)), mp_context=ctx) as pool:
+        futures = [
+            pool.submit(
+                _worker_run,
+                str(experiments) if experiments else None,
+                str(home),
+                part,
+                [k.to_user_string() for k in keys],
+                {k.to_user_string(): v for k, v in configs.items() if k in keys},
             )
-            checks = {
-                f"{e.asset_key.to_user_string()}:{e.check_name}"
-                + (f"[{part}]" if part else ""): e.passed
-                for e in result.get_asset_check_evaluations()
-            }
-            reports.append(RunReport(result.run_id, part, keys, result.success, checks))
-            attempted.update((k, part) for k in keys)
-    raise RuntimeError(f"nothing converged after {max_rounds} rounds of materialization")
+            for part, keys in runs
+        ]
+        return [f.result() for f in futures]

@@ -64,8 +64,16 @@ class Layout:
     def dedup_dir(self, recipe: str) -> Path:
         return self.data / "dedup" / f"recipe={recipe}"
 
+    def dedup_decisions_dir(self, recipe: str, source: str) -> Path:
+        """Per-shard dedup decisions: together with the signature cache, the recipe's index."""
+        return self.dedup_dir(recipe) / "decisions" / f"source={source}"
+
     def quality_dir(self, recipe: str) -> Path:
         return self.data / "quality" / f"recipe={recipe}"
+
+    def scores_dir(self, recipe: str, source: str) -> Path:
+        """Per-shard quality scores of the documents the classifier saw (dbt's histogram)."""
+        return self.data / "scores" / f"recipe={recipe}" / f"source={source}"
 
     def filtered_dir(self, recipe: str, source: str) -> Path:
         return self.data / "filtered" / f"recipe={recipe}" / f"source={source}"

@@ -31,7 +31,7 @@ def summary(exp: Experiment, layout: Layout) -> str:
     ).fetchall()
     counts = con.execute(
         "select stage, recipe, source, outcome, documents from stage_counts "
-        "where outcome <> 'kept' order by stage, recipe, source, documents desc"
+        "where outcome <> 'kept' order by stage, recipe, source, documents desc, outcome"
     ).fetchall()
     con.close()
     out("== documents per stage (dbt: stats/stage_summary, stats/stage_counts) ==")

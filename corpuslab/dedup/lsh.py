@@ -8,6 +8,7 @@ never depends on input order.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 from scipy import sparse
@@ -94,22 +95,28 @@ def _agreement(sigs: np.ndarray, pairs: np.ndarray) -> np.ndarray:
     return agree
 
 
-def find_duplicates_from_signatures(
-    ids: Sequence[str], signatures: np.ndarray, params: DedupParams
-) -> DedupResult:
-    """Cluster near-duplicates from precomputed signatures; keep the smallest id of each cluster.
+@dataclass
+class Components:
+    """Connected components of the verified near-duplicate graph over ``n`` documents."""
+
+    labels: np.ndarray  # component of each document
+    n_candidate_pairs: int  # document pairs sharing a band bucket
+    n_verified_pairs: int  # of those, pairs whose estimated Jaccard passed the threshold
+
+
+def near_components(signatures: np.ndarray, params: DedupParams) -> Components:
+    """Components of documents linked by LSH candidate pairs (verified when ``params.verify``).
 
     Documents with identical signatures are merged first (they share every bucket and estimate
     Jaccard 1.0); the LSH runs on one representative of each. Pair counts still count
     document pairs, as a datasketch index queried with every document would.
     """
     sigs = np.asarray(signatures)
-    n = len(ids)
-    check_ids(ids, sigs.shape[0], "signatures")
     if sigs.ndim != 2 or sigs.shape[1] != params.num_perm:
         raise ValueError(f"signatures of shape {sigs.shape}, expected (n, {params.num_perm})")
+    n = sigs.shape[0]
     if n == 0:
-        return DedupResult(n_docs=0)
+        return Components(np.zeros(0, dtype=np.int64), 0, 0)
     bands, rows = params.lsh_params()
 
     order, starts = _equal_row_groups(sigs)
@@ -132,6 +139,24 @@ def find_duplicates_from_signatures(
     edges_b = np.concatenate([reps[group[order]], reps[verified[:, 1]]])
     graph = sparse.coo_matrix((np.ones(len(edges_a), dtype=np.int8), (edges_a, edges_b)), (n, n))
     _, labels = connected_components(graph, directed=False)
+    return Components(
+        labels=labels,
+        n_candidate_pairs=same_sig_pairs + int(weight.sum()),
+        n_verified_pairs=same_sig_pairs + int(weight[ok].sum()),
+    )
+
+
+def find_duplicates_from_signatures(
+    ids: Sequence[str], signatures: np.ndarray, params: DedupParams
+) -> DedupResult:
+    """Cluster near-duplicates from precomputed signatures; keep the smallest id of each cluster."""
+    sigs = np.asarray(signatures)
+    n = len(ids)
+    check_ids(ids, sigs.shape[0], "signatures")
+    if n == 0:
+        return DedupResult(n_docs=0)
+    comps = near_components(sigs, params)
+    labels = comps.labels
 
     by_id = sorted(range(n), key=ids.__getitem__)
     rank = np.empty(n, dtype=np.int64)
@@ -142,8 +167,8 @@ def find_duplicates_from_signatures(
 
     result = DedupResult(
         n_docs=n,
-        n_candidate_pairs=same_sig_pairs + int(weight.sum()),
-        n_verified_pairs=same_sig_pairs + int(weight[ok].sum()),
+        n_candidate_pairs=comps.n_candidate_pairs,
+        n_verified_pairs=comps.n_verified_pairs,
     )
     for i in by_id:
         label = labels[i]

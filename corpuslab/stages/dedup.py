@@ -1,93 +1,373 @@
-"""``dedup/<recipe>``: exact and MinHash-LSH near-duplicates across all pool shards of a recipe."""
+"""``dedup/<recipe>/<source>``: exact and MinHash-LSH duplicates of one pool shard, decided
+against the recipe's index of every shard decided before (:mod:`corpuslab.dedup.incremental`).
+
+The index is the per-shard decision files plus the per-shard signature cache. Materializing a
+shard decides, in one batch, every pool shard of the recipe that is on disk and not yet in the
+index (so a build whose pools are complete before dedup runs equals the global clustering), and
+writes one decision file per shard; a shard already decided by an earlier batch is read back.
+Decisions about indexed shards never change: a new shard can only drop its own documents.
+``full_recompute`` (any new value) clears the index once and rebuilds it from every pool shard.
+"""
 
 from __future__ import annotations
 
-import itertools
+import contextlib
+import fcntl
+import json
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from corpuslab import dedup as dedup_lib
 from corpuslab.declarations import Experiment
-from corpuslab.fileio import digest, write_json, write_parquet
+from corpuslab.dedup.incremental import EXACT, KEPT, Index, decide
+from corpuslab.fileio import atomic_path, digest, read_parquet, write_json
 from corpuslab.layout import Layout
-from corpuslab.stages.common import KEY_SEP, pool_tables, split_key
+from corpuslab.stages.common import KEY_SEP, doc_key, split_key
 
-DROP_SCHEMA = pa.schema(
+DECISION_SCHEMA = pa.schema(
     [
-        (n, pa.string())
-        for n in ("id", "reason", "duplicate_of", "source", "shard", "key", "survivor_key")
+        ("key", pa.string()),
+        ("id", pa.string()),
+        ("source", pa.string()),
+        ("shard", pa.string()),
+        ("status", pa.string()),  # kept, exact_duplicate or near_duplicate
+        ("survivor_key", pa.string()),  # the key of the document that stands for this one
+        ("duplicate_of", pa.string()),  # the survivor as source/shard/id, for people
+        ("exact", pa.binary(16)),  # normalized-text digest (exact dedup against the index)
     ]
 )
+META = b"corpuslab.dedup"  # Parquet metadata: what the decisions were computed from
 
 
-def materialize_dedup(exp: Experiment, layout: Layout, recipe: str) -> dict:
-    """Exact (normalized hash) then MinHash-LSH near-dup clusters across all shards of a recipe.
+class DedupIndexError(RuntimeError):
+    """The index cannot be extended consistently; the message says what to recompute."""
 
-    MinHash signatures are cached per pool shard, keyed by its content digest: a new shard
-    computes only its own, the others are reused.
-    """
-    decl = exp.recipes[recipe]
-    pool = pool_tables(exp, layout, recipe, ["text"])
-    keys = pool.column("key").to_pylist()
-    texts = pool.column("text").to_pylist()
-    exact = dedup_lib.exact_duplicates(keys, texts)
-    remaining = [i for i, k in enumerate(keys) if k not in exact.drop]
-    source_col = pool.column("source").to_pylist()
-    shard_col = pool.column("shard").to_pylist()
-    runs = itertools.groupby(range(len(keys)), key=lambda i: (source_col[i], shard_col[i]))
-    shards = []
-    for (source, shard), members in runs:
-        idx = list(members)
-        a, b = idx[0], idx[-1] + 1
-        shards.append(
-            (
-                f"source={source}/{shard}",
-                digest(layout.pool_dir(recipe, source) / f"{shard}.parquet"),
-                lambda a=a, b=b: (keys[a:b], texts[a:b]),
-            )
-        )
-    signatures, computed, reused = dedup_lib.cached_signatures(
-        layout.dedup_dir(recipe) / "signatures", decl.dedup, shards
-    )
-    near = dedup_lib.find_duplicates_from_signatures(
-        [keys[i] for i in remaining], signatures[remaining], decl.dedup
-    )
-    # an exact duplicate's survivor may itself be a near duplicate: point at the final survivor
-    dropped_by = [
-        (k, "exact_duplicate", near.keep_of.get(exact.keep_of[k], exact.keep_of[k]))
-        for k in exact.drop
-    ]
-    dropped_by += [(k, "near_duplicate", near.keep_of[k]) for k in near.drop]
-    rows = []
-    for key, reason, survivor in sorted(dropped_by):
-        source, shard, doc_id = split_key(key)
-        rows.append(
-            {
-                "id": doc_id,
-                "reason": reason,
-                "duplicate_of": survivor.replace(KEY_SEP, "/"),
-                "source": source,
-                "shard": shard,
-                "key": key,
-                "survivor_key": survivor,
-            }
-        )
-    out = layout.dedup_dir(recipe) / "drop.parquet"
-    write_parquet(pa.Table.from_pylist(rows, schema=DROP_SCHEMA), out)
-    # a real invariant: every dropped document points at a survivor that is itself kept
-    dropped = {r["key"] for r in rows}
-    survivors_ok = all(r["survivor_key"] not in dropped for r in rows)
-    summary = {
-        "documents": len(keys),
-        "exact_duplicates": len(exact.drop),
-        "near_duplicates": len(near.drop),
-        "clusters": len({near.clusters[d] for d in near.drop}),
-        "kept": len(keys) - len(dropped),
-        "survivors_kept": survivors_ok,
-        "signature_shards_computed": computed,
-        "signature_shards_reused": reused,
-        "params": decl.dedup.model_dump(),
+
+@dataclass(frozen=True)
+class ShardRef:
+    source: str
+    shard: str
+
+    def name(self) -> str:
+        return f"{self.source}/{self.shard}"
+
+
+def _decision_path(layout: Layout, recipe: str, ref: ShardRef) -> Path:
+    return layout.dedup_decisions_dir(recipe, ref.source) / f"{ref.shard}.parquet"
+
+
+def _pool_path(layout: Layout, recipe: str, ref: ShardRef) -> Path:
+    return layout.pool_dir(recipe, ref.source) / f"{ref.shard}.parquet"
+
+
+def _pool_shards(exp: Experiment, layout: Layout, recipe: str) -> list[ShardRef]:
+    """Every materialized pool shard of the recipe, in declaration order of sources."""
+    out = []
+    for source in exp.recipes[recipe].sources:
+        folder = layout.pool_dir(recipe, source)
+        for path in sorted(folder.glob("*.parquet")):
+            if not path.name.startswith("."):
+                out.append(ShardRef(source, path.stem))
+    return out
+
+
+def _stamp(layout: Layout, recipe: str, ref: ShardRef, fingerprint: str) -> dict[str, str]:
+    return {
+        "pool_digest": digest(_pool_path(layout, recipe, ref)),
+        "params": fingerprint,
     }
-    write_json(summary, layout.dedup_dir(recipe) / "summary.json")
-    summary["data_version"] = digest(out)
-    return summary
+
+
+def _read_stamp(path: Path) -> dict[str, str]:
+    meta = pq.read_schema(path).metadata or {}
+    return json.loads(meta.get(META, b"{}"))
+
+
+@contextlib.contextmanager
+def _locked(folder: Path) -> Iterator[None]:
+    """One dedup batch of a recipe at a time (parallel runs would race on the index)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / ".lock", "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _params_fingerprint(exp: Experiment, recipe: str) -> str:
+    from corpuslab.stages.versions import fingerprint
+
+    return fingerprint(exp.recipes[recipe].dedup)
+
+
+def _signatures(
+    exp: Experiment, layout: Layout, recipe: str, refs: list[ShardRef], keys_by: dict
+) -> np.ndarray:
+    """Signatures of ``refs``' documents, from the per-shard cache (computed on a miss)."""
+    params = exp.recipes[recipe].dedup
+    shards = []
+    for ref in refs:
+        path = _pool_path(layout, recipe, ref)
+
+        def read(path: Path = path, ref: ShardRef = ref) -> tuple[list[str], list[str]]:
+            t = read_parquet(path, columns=["id", "text"])
+            ids = [doc_key(ref.source, ref.shard, i) for i in t.column("id").to_pylist()]
+            return ids, t.column("text").to_pylist()
+
+        shards.append((f"source={ref.source}/{ref.shard}", digest(path), read))
+    sig_dir = layout.dedup_dir(recipe) / "signatures"
+    parts = []
+    for name, key, read in shards:
+        ids, sigs, _ = dedup_lib.shard_signatures(sig_dir / f"{name}.npz", params, read, key=key)
+        keys_by[name] = ids
+        parts.append(sigs)
+    return np.concatenate(parts) if parts else np.zeros((0, params.num_perm), np.uint64)
+
+
+def _load_index(
+    exp: Experiment, layout: Layout, recipe: str, refs: list[ShardRef]
+) -> tuple[Index, list[ShardRef]]:
+    """The index over ``refs`` (decided shards): statuses from their files, signatures cached."""
+    tables = [read_parquet(_decision_path(layout, recipe, r)) for r in refs]
+    index = Index()
+    if not tables:
+        return index, []
+    t = pa.concat_tables(tables)
+    index.keys = t.column("key").to_pylist()
+    index.exact = t.column("exact").to_pylist()
+    index.status = t.column("status").to_pylist()
+    index.survivor = t.column("survivor_key").to_pylist()
+    keys_by: dict[str, list[str]] = {}
+    sigs = _signatures(exp, layout, recipe, refs, keys_by)
+    order = [k for r in refs for k in keys_by[f"source={r.source}/{r.shard}"]]
+    if order != index.keys:
+        raise DedupIndexError(
+            f"dedup/{recipe}: the signature cache and the decision files disagree on the "
+            "documents of the index; rebuild it with a full recompute"
+        )
+    index.signatures = sigs
+    return index, refs
+
+
+def _valid_and_stale(
+    exp: Experiment, layout: Layout, recipe: str, fingerprint: str
+) -> tuple[list[ShardRef], list[ShardRef]]:
+    """Decided shards whose pool and params are unchanged, and decided shards that went stale."""
+    valid, stale = [], []
+    pools = {(r.source, r.shard) for r in _pool_shards(exp, layout, recipe)}
+    for source in exp.recipes[recipe].sources:
+        for path in sorted(layout.dedup_decisions_dir(recipe, source).glob("*.parquet")):
+            if path.name.startswith("."):
+                continue
+            ref = ShardRef(source, path.stem)
+            stamp = _read_stamp(path)
+            ok = (source, ref.shard) in pools and stamp == _stamp(layout, recipe, ref, fingerprint)
+            (valid if ok else stale).append(ref)
+    return valid, stale
+
+
+def _clear(layout: Layout, recipe: str, refs: list[ShardRef]) -> None:
+    for ref in refs:
+        _decision_path(layout, recipe, ref).unlink(missing_ok=True)
+
+
+def _write_decisions(
+    layout: Layout, recipe: str, ref: ShardRef, rows: dict[str, list], stamp: dict[str, str]
+) -> None:
+    table = pa.table(rows, schema=DECISION_SCHEMA).replace_schema_metadata(
+        {META: json.dumps(stamp, sort_keys=True).encode()}
+    )
+    path = _decision_path(layout, recipe, ref)
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp, compression="zstd")
+
+
+def _decide_pending(
+    exp: Experiment,
+    layout: Layout,
+    recipe: str,
+    valid: list[ShardRef],
+    pending: list[ShardRef],
+    fingerprint: str,
+) -> dict[str, int]:
+    """Decide every pending shard in one batch against the index of ``valid`` shards."""
+    params = exp.recipes[recipe].dedup
+    index, _ = _load_index(exp, layout, recipe, valid)
+    keys_by: dict[str, list[str]] = {}
+    sigs = _signatures(exp, layout, recipe, pending, keys_by)
+    keys: list[str] = []
+    texts: list[str] = []
+    for ref in pending:
+        t = read_parquet(_pool_path(layout, recipe, ref), columns=["id", "text"])
+        keys += [doc_key(ref.source, ref.shard, i) for i in t.column("id").to_pylist()]
+        texts += t.column("text").to_pylist()
+    if keys != [k for r in pending for k in keys_by[f"source={r.source}/{r.shard}"]]:
+        raise DedupIndexError(f"dedup/{recipe}: a pool shard changed while it was being read")
+    found = decide(index, keys, texts, sigs, params)
+    at = 0
+    for ref in pending:
+        n = len(keys_by[f"source={ref.source}/{ref.shard}"])
+        sl = slice(at, at + n)
+        at += n
+        shard_keys = found.keys[sl]
+        survivors = found.survivor[sl]
+        _write_decisions(
+            layout,
+            recipe,
+            ref,
+            {
+                "key": shard_keys,
+                "id": [split_key(k)[2] for k in shard_keys],
+                "source": [ref.source] * n,
+                "shard": [ref.shard] * n,
+                "status": found.status[sl],
+                "survivor_key": survivors,
+                "duplicate_of": [s.replace(KEY_SEP, "/") for s in survivors],
+                "exact": found.exact[sl],
+            },
+            _stamp(layout, recipe, ref, fingerprint),
+        )
+    return {
+        "batch_shards": len(pending),
+        "batch_documents": len(keys),
+        "index_documents": len(index),
+        "candidate_pairs": found.n_candidate_pairs,
+        "verified_pairs": found.n_verified_pairs,
+    }
+
+
+def materialize_dedup_shard(
+    exp: Experiment,
+    layout: Layout,
+    recipe: str,
+    source: str,
+    shard: str,
+    full_recompute: str = "",
+) -> dict:
+    """The dedup decisions of one pool shard (deciding every undecided shard in one batch).
+
+    ``full_recompute``: a value not seen before clears the recipe's index first, so the whole
+    recipe is decided again as one batch (the same result as a build from scratch).
+    """
+    ddir = layout.dedup_dir(recipe)
+    this = ShardRef(source, shard)
+    if not _pool_path(layout, recipe, this).is_file():
+        raise FileNotFoundError(
+            f"{_pool_path(layout, recipe, this)} is missing: materialize pool/{recipe}/{source} "
+            f"[{shard}] first"
+        )
+    fingerprint = _params_fingerprint(exp, recipe)
+    batch: dict[str, int] = {}
+    with _locked(ddir):
+        token_file = ddir / "full_recompute.json"
+        if full_recompute:
+            done = json.loads(token_file.read_text()) if token_file.is_file() else {}
+            if done.get("token") != full_recompute:
+                for src in exp.recipes[recipe].sources:
+                    for old in layout.dedup_decisions_dir(recipe, src).glob("*.parquet"):
+                        old.unlink()
+                write_json({"token": full_recompute}, token_file)
+        valid, stale = _valid_and_stale(exp, layout, recipe, fingerprint)
+        if stale:
+            stale_keys = {ref.name() for ref in stale}
+            index, _ = _load_index(exp, layout, recipe, valid) if valid else (Index(), [])
+            leaning = sorted(
+                {
+                    "/".join(split_key(k)[:2])
+                    for k, s in zip(index.keys, index.survivor, strict=True)
+                    if s != k and "/".join(split_key(s)[:2]) in stale_keys
+                }
+            )
+            if leaning:
+                raise DedupIndexError(
+                    f"dedup/{recipe}: pool shards {sorted(stale_keys)} changed since they were "
+                    f"deduplicated, and shards {leaning} dropped documents as duplicates of "
+                    "theirs; decide the recipe again as a whole: corpuslab materialize --select "
+                    f"'dedup/{recipe}/*' --full-recompute"
+                )
+            _clear(layout, recipe, stale)
+        decided = {r.name() for r in valid}
+        if this.name() not in decided:
+            pending = [r for r in _pool_shards(exp, layout, recipe) if r.name() not in decided]
+            batch = _decide_pending(exp, layout, recipe, valid, pending, fingerprint)
+    path = _decision_path(layout, recipe, this)
+    t = read_parquet(path)
+    status = Counter(t.column("status").to_pylist())
+    return {
+        "path": str(path),
+        "documents": t.num_rows,
+        "kept": status.get(KEPT, 0),
+        "exact_duplicates": status.get(EXACT, 0),
+        "near_duplicates": status.get("near_duplicate", 0),
+        **({"batch": batch} if batch else {"batch": "decided in an earlier batch"}),
+        "survivors_kept": survivors_kept(exp, layout, recipe, this),
+        "data_version": digest(path),
+    }
+
+
+def survivors_kept(exp: Experiment, layout: Layout, recipe: str, ref: ShardRef) -> bool:
+    """Every dropped document of the shard points at a survivor the index keeps."""
+    t = read_parquet(_decision_path(layout, recipe, ref), columns=["key", "status", "survivor_key"])
+    wanted = {
+        s
+        for k, st, s in zip(
+            t.column("key").to_pylist(),
+            t.column("status").to_pylist(),
+            t.column("survivor_key").to_pylist(),
+            strict=True,
+        )
+        if st != KEPT
+    }
+    if not wanted:
+        return True
+    by_shard: dict[tuple[str, str], set[str]] = {}
+    for key in wanted:
+        source, shard, _ = split_key(key)
+        by_shard.setdefault((source, shard), set()).add(key)
+    for (source, shard), keys in by_shard.items():
+        path = _decision_path(layout, recipe, ShardRef(source, shard))
+        if not path.is_file():
+            return False
+        other = read_parquet(path, columns=["key", "status"])
+        kept = {
+            k
+            for k, st in zip(
+                other.column("key").to_pylist(), other.column("status").to_pylist(), strict=True
+            )
+            if st == KEPT
+        }
+        if not keys <= kept:
+            return False
+    return True
+
+
+def recipe_decisions(exp: Experiment, layout: Layout, recipe: str) -> pa.Table:
+    """Every decided document of the recipe (the index's decision files, concatenated)."""
+    tables = []
+    for source in exp.recipes[recipe].sources:
+        for path in sorted(layout.dedup_decisions_dir(recipe, source).glob("*.parquet")):
+            if not path.name.startswith("."):
+                tables.append(read_parquet(path))
+    return pa.concat_tables(tables) if tables else DECISION_SCHEMA.empty_table()
+
+
+def dedup_summary(exp: Experiment, layout: Layout, recipe: str) -> dict:
+    """Documents, exact and near duplicates and clusters across the recipe's decided shards."""
+    t = recipe_decisions(exp, layout, recipe)
+    status = t.column("status").to_pylist()
+    near = zip(t.column("survivor_key").to_pylist(), status, strict=True)
+    survivors = [s for s, st in near if st == "near_duplicate"]
+    return {
+        "documents": t.num_rows,
+        "exact_duplicates": status.count(EXACT),
+        "near_duplicates": status.count("near_duplicate"),
+        "clusters": len(set(survivors)),
+        "kept": status.count(KEPT),
+    }

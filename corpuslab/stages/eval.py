@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 from corpuslab.declarations import Experiment
-from corpuslab.eval.bpb import evaluate_domains
 from corpuslab.fileio import digest, read_json, write_json
 from corpuslab.layout import Layout
 from corpuslab.stages.mixture import read_heldout, tokenizer_path
@@ -20,6 +19,8 @@ def materialize_eval(exp: Experiment, layout: Layout, run: str, client: Any) -> 
     ``client`` is an ``mlflow.MlflowClient``: metrics ``eval.bpb.<domain>``, ``.mean`` and
     ``.worst`` (``eval_lawa.*`` for the average) and ``eval.json`` go to the run's MLflow run.
     """
+    from corpuslab.eval.bpb import evaluate_domains  # torch: only where a model is scored
+
     rdecl = exp.runs[run]
     run_dir = layout.run_dir(run)
     heldout = read_heldout(layout, rdecl.mixture, rdecl.eval.max_docs_per_domain)

@@ -1,13 +1,14 @@
 """``pool/<recipe>/<source>`` and ``filtered/<recipe>/<source>``: per-shard keep/drop decisions.
 
-The pool applies the recipe's per-document steps; the filtered pool removes the recipe's
-duplicates and the documents below its quality threshold. Every dropped document keeps its
-reason in the stage's decision table, which dbt reads.
+The pool applies the recipe's per-document steps; the filtered pool removes the shard's
+duplicates (``dedup/<recipe>/<source>``) and the documents below the quality threshold. Every
+dropped document keeps its reason in the stage's decision table, which dbt reads.
 """
 
 from __future__ import annotations
 
 from collections import Counter
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -17,9 +18,10 @@ from corpuslab.fileio import digest, read_json, read_parquet, write_parquet
 from corpuslab.filters import Pipeline
 from corpuslab.layout import Layout
 from corpuslab.stages.common import decisions_table
+from corpuslab.stages.quality import score_shard
 
 
-def _conservation(out_path, decisions_path, n_in: int) -> tuple[int, int, bool]:  # noqa: ANN001
+def _conservation(out_path: Path, decisions_path: Path, n_in: int) -> tuple[int, int, bool]:
     """(kept, dropped, conserved) read back from the written output and decision files."""
     n_kept = read_parquet(out_path, columns=["id"]).num_rows
     back = read_parquet(decisions_path, columns=["kept"])
@@ -78,39 +80,36 @@ def materialize_pool_shard(
 def materialize_filtered_shard(
     exp: Experiment, layout: Layout, recipe: str, source: str, shard: str
 ) -> dict:
-    """Pool shard minus duplicates minus documents below the quality threshold."""
+    """Pool shard minus its dedup drops minus documents below the recorded quality threshold.
+
+    Scores come from the recipe's recorded model (``quality_model/<recipe>``) and are written
+    per shard for the score histogram; dropped documents keep their reason.
+    """
     table = read_parquet(layout.pool_dir(recipe, source) / f"{shard}.parquet")
-
-    def this_shard(t: pa.Table) -> pa.Table:
-        return t.filter(
-            pc.and_(pc.equal(t.column("source"), source), pc.equal(t.column("shard"), shard))
+    ids = table.column("id").to_pylist()
+    dpath = layout.dedup_decisions_dir(recipe, source) / f"{shard}.parquet"
+    dedup = read_parquet(dpath, columns=["id", "status"])
+    status = dict(
+        zip(dedup.column("id").to_pylist(), dedup.column("status").to_pylist(), strict=True)
+    )
+    if set(status) != set(ids):
+        raise ValueError(
+            f"{dpath} does not decide exactly the documents of pool/{recipe}/{source} "
+            f"[{shard}]: re-materialize dedup/{recipe}/{source} [{shard}]"
         )
-
-    dups = this_shard(read_parquet(layout.dedup_dir(recipe) / "drop.parquet"))
-    dup_reason = dict(
-        zip(dups.column("id").to_pylist(), dups.column("reason").to_pylist(), strict=True)
-    )
-    qdir = layout.quality_dir(recipe)
-    threshold = float(read_json(qdir / "summary.json")["threshold"])
-    scores_t = this_shard(
-        read_parquet(qdir / "scores.parquet", columns=["id", "source", "shard", "score"])
-    )
-    score_of = dict(
-        zip(scores_t.column("id").to_pylist(), scores_t.column("score").to_pylist(), strict=True)
-    )
+    threshold = float(read_json(layout.quality_dir(recipe) / "summary.json")["threshold"])
+    unique = [i for i, doc_id in enumerate(ids) if status[doc_id] == "kept"]
+    texts = table.column("text").to_pylist()
+    scores = score_shard(layout, recipe, [texts[i] for i in unique])
+    score_at = dict(zip(unique, scores.tolist(), strict=True))
     decided: list[tuple[str, str] | None] = []
     doc_scores: list[float | None] = []
-    for doc_id in table.column("id").to_pylist():
-        if doc_id in dup_reason:
-            decided.append(("dedup", dup_reason[doc_id]))
+    for i, doc_id in enumerate(ids):
+        if status[doc_id] != "kept":
+            decided.append(("dedup", status[doc_id]))
             doc_scores.append(None)
             continue
-        if doc_id not in score_of:
-            raise ValueError(
-                f"document {doc_id!r} of pool/{recipe}/{source}/{shard} has no quality score: "
-                "re-materialize quality_model after the pool"
-            )
-        s = score_of[doc_id]
+        s = score_at[i]
         doc_scores.append(s)
         decided.append(None if s >= threshold else ("quality", "low_quality_score"))
     keep_mask = pa.array([d is None for d in decided], pa.bool_())
@@ -119,9 +118,17 @@ def materialize_filtered_shard(
     )
     out = layout.filtered_dir(recipe, source) / f"{shard}.parquet"
     write_parquet(kept, out)
-    dpath = layout.decisions_dir("filtered", source, recipe) / f"{shard}.parquet"
-    write_parquet(decisions_table(table.column("id").to_pylist(), shard, decided), dpath)
-    n_kept, n_dropped, conserved = _conservation(out, dpath, table.num_rows)
+    scored = pa.table(
+        {
+            "id": pa.array([ids[i] for i in unique], pa.string()),
+            "shard": pa.array([shard] * len(unique), pa.string()),
+            "score": pa.array(scores, pa.float64()),
+        }
+    )
+    write_parquet(scored, layout.scores_dir(recipe, source) / f"{shard}.parquet")
+    decisions_path = layout.decisions_dir("filtered", source, recipe) / f"{shard}.parquet"
+    write_parquet(decisions_table(ids, shard, decided), decisions_path)
+    n_kept, n_dropped, conserved = _conservation(out, decisions_path, table.num_rows)
     return {
         "path": str(out),
         "documents_in": table.num_rows,

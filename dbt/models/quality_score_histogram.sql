@@ -1,4 +1,4 @@
-{{ config(meta={"corpuslab_upstream": ["quality_model"]}) }}
+{{ config(meta={"corpuslab_upstream": ["filtered"]}) }}
 -- Quality classifier score distribution per recipe and source, in 20 bins over [0, 1].
 select
     recipe,
@@ -6,7 +6,7 @@ select
     least(floor(score * 20), 19) / 20 as bin_start,
     count(*) as documents
 from read_parquet(
-    {{ data_path("quality/*/scores.parquet") }},
+    {{ data_path("scores/*/*/*.parquet") }},
     hive_partitioning = true
 )
 group by all

@@ -18,7 +18,9 @@ def test_definitions_module_loads_expected_graph() -> None:
         "pool/baseline/docstrings",
         "pool/baseline/code",
         "pool/baseline/packages",
-        "dedup/baseline",
+        "dedup/baseline/docstrings",
+        "dedup/baseline/code",
+        "dedup/baseline/packages",
         "quality_model/baseline",
         "filtered/baseline/docstrings",
         "filtered/baseline/code",
@@ -48,10 +50,15 @@ def test_definitions_module_loads_expected_graph() -> None:
         return {p.to_user_string() for p in graph.get(dg.AssetKey(key.split("/"))).parent_keys}
 
     assert parents("pool/baseline/code") == {"corpus/code"}
-    assert parents("dedup/baseline") == {
-        f"pool/baseline/{s}" for s in ("docstrings", "code", "packages")
+    # dedup is per shard: each shard decided against the recipe's index of earlier shards
+    assert parents("dedup/baseline/code") == {"pool/baseline/code"}
+    assert parents("filtered/baseline/code") == {
+        "pool/baseline/code",
+        "dedup/baseline/code",
+        "quality_model/baseline",
     }
     assert "corpus/reference" in parents("quality_model/baseline")
+    assert "dedup/baseline/packages" in parents("quality_model/baseline")
     assert parents("train/tiny") == {"tokens/natural", "mixture/natural"}
     assert "train/tiny" in parents("eval/tiny")
     # DoReMi: reference and proxy train on natural's tokens; its weights feed mixture/doremi
@@ -67,8 +74,20 @@ def test_definitions_module_loads_expected_graph() -> None:
     pdef = graph.get(dg.AssetKey(["pool", "baseline", "code"])).partitions_def
     assert isinstance(pdef, dg.DynamicPartitionsDefinition) and pdef.name == "shards_code"
     assert graph.get(dg.AssetKey(["corpus", "code"])).partitions_def == pdef
-    assert graph.get(dg.AssetKey(["dedup", "baseline"])).partitions_def is None
+    assert graph.get(dg.AssetKey(["dedup", "baseline", "code"])).partitions_def == pdef
+    assert graph.get(dg.AssetKey(["quality_model", "baseline"])).partitions_def is None
     # every stage asset carries a declaration-derived code version
     assert graph.get(dg.AssetKey(["pool", "baseline", "code"])).code_version.startswith("pool-r")
     assert {j.name for j in definitions.defs.jobs} >= {"stale_unpartitioned_job", "shards_code_job"}
-    assert {s.name for s in definitions.defs.sensors} == {"shard_sensor"}
+    assert {s.name for s in definitions.defs.sensors} == {
+        "shard_sensor",
+        "default_automation_condition_sensor",
+    }
+    # automation: per-shard and data stages eager, training and evaluation nightly
+    label = lambda k: graph.get(dg.AssetKey(k.split("/"))).automation_condition.get_label()  # noqa: E731
+    assert label("pool/baseline/code") == label("quality_model/baseline") == "eager"
+    assert label("train/tiny").startswith("nightly") and label("eval/tiny").startswith("nightly")
+    assert label("stats/stage_summary") == "eager"
+    policy = graph.get(dg.AssetKey(["pool", "baseline", "code"])).backfill_policy
+    assert policy is not None and policy.max_partitions_per_run == 1
+    assert graph.get(dg.AssetKey(["train", "tiny"])).backfill_policy.max_partitions_per_run is None

@@ -1,4 +1,6 @@
-"""End to end through Dagster: a tiny real experiment materialized in-process, then staleness.
+"""End to end through Dagster: a tiny real experiment materialized with ``corpuslab``'s engine
+(declarative automation conditions evaluated against a real instance), then staleness and an
+incremental shard.
 
 A temporary Dagster instance and a SQLite MLflow store; DeepSpeed really trains (CPU, gloo) in
 a subprocess launched through Pipes; dbt-duckdb really builds the statistics.
@@ -6,6 +8,7 @@ a subprocess launched through Pipes; dbt-duckdb really builds the statistics.
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -13,14 +16,22 @@ import dagster as dg
 import duckdb
 import mlflow
 import pytest
-from dagster._core.definitions.data_version import StaleStatus
 
 from assets.partitions import shard_partitions
-from cli.materialize import RunReport, materialize_stale, needs_rebuild, stale_status
+from cli.materialize import RunReport, materialize
+from cli.status import status
 from corpuslab.declarations import load_experiment
+from corpuslab.fileio import digest
 from corpuslab.layout import Layout
 from definitions import build
 from jobs.sensors import shard_requests
+
+
+def _add_shards(exp_dir: Path, home: Path, instance: dg.DagsterInstance) -> dict:
+    new = shard_requests(load_experiment(exp_dir), Layout(home), instance)
+    for source, keys in new.items():
+        instance.add_dynamic_partitions(shard_partitions(source).name, keys)
+    return new
 
 
 @pytest.fixture(scope="module")
@@ -39,12 +50,9 @@ def materialized(
     mp.delenv("MLFLOW_TRACKING_URI", raising=False)
     (base / "dagster").mkdir()
     with dg.instance_for_test(temp_dir=str(base / "dagster")) as instance:
-        defs = build(exp_dir, home=home)
-        for source, keys in shard_requests(
-            load_experiment(exp_dir), Layout(home), instance
-        ).items():
-            instance.add_dynamic_partitions(shard_partitions(source).name, keys)
-        reports = materialize_stale(defs, instance, log=lambda _: None)
+        _add_shards(exp_dir, home, instance)
+        defs = build(exp_dir, home=home, now=True)
+        reports = materialize(defs, instance, log=lambda _: None)
         yield home, exp_dir, instance, reports
     mp.undo()
 
@@ -58,7 +66,10 @@ def test_everything_materialized_and_checks_passed(materialized) -> None:  # typ
     assert sum(k.startswith("corpus/code:documents_conserved") for k in checks) == 2
     assert sum(k.startswith("pool/strict/packages:documents_conserved") for k in checks) == 2
     assert sum(k.startswith("filtered/lenient/docstrings:documents_conserved") for k in checks) == 2
-    assert checks["dedup/lenient:survivors_kept"]
+    assert sum(k.startswith("dedup/lenient/code:survivors_kept") for k in checks) == 2
+    # every asset once: the engine waits for every input that may still change
+    units = [(k, r.partition) for r in reports for k in r.keys]
+    assert len(units) == len(set(units))
 
 
 def test_eval_metrics_and_artifacts_in_mlflow(materialized) -> None:  # type: ignore[no-untyped-def]
@@ -139,10 +150,11 @@ def test_dbt_counts_add_up(materialized) -> None:  # type: ignore[no-untyped-def
     assert any(o.startswith("gopher_quality:") for (o,) in reasons)
 
 
-def test_nothing_stale_on_second_run(materialized) -> None:  # type: ignore[no-untyped-def]
+def test_nothing_due_on_second_run(materialized) -> None:  # type: ignore[no-untyped-def]
     home, exp_dir, instance, _ = materialized
-    defs = build(exp_dir, home=home)
-    assert materialize_stale(defs, instance, log=lambda _: None) == []
+    defs = build(exp_dir, home=home, now=True)
+    assert status(defs, instance) == {}
+    assert materialize(defs, instance, log=lambda _: None) == []
 
 
 def _edited(exp_dir: Path, dst: Path, old: str, new: str) -> Path:
@@ -154,16 +166,14 @@ def _edited(exp_dir: Path, dst: Path, old: str, new: str) -> Path:
     return dst
 
 
-def _status(defs: dg.Definitions, instance: dg.DagsterInstance) -> dict[str, set[StaleStatus]]:
-    out: dict[str, set[StaleStatus]] = {}
-    for (key, _), status in stale_status(defs, instance).items():
-        out.setdefault(key.to_user_string(), set()).add(status)
-    return out
+def _due(defs: dg.Definitions, instance: dg.DagsterInstance) -> set[str]:
+    """Assets ``corpuslab status`` says are due, without their shard."""
+    return {line.split("[")[0].split(":")[0] for line in status(defs, instance).get("due", [])}
 
 
-def test_editing_one_recipe_stales_only_its_descendants(materialized, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_editing_one_recipe_makes_only_its_assets_due(materialized, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     home, exp_dir, instance, _ = materialized
-    # the strict recipe's dedup threshold: strict's dedup and everything after it
+    # the strict recipe's dedup threshold: strict's dedup shards, by their declaration
     edited = _edited(
         exp_dir,
         tmp_path / "a",
@@ -172,48 +182,94 @@ def test_editing_one_recipe_stales_only_its_descendants(materialized, tmp_path: 
         "threshold: 0.7}\n    quality: {positive_source: reference, "
         "negative_sample: 60, keep_fraction: 0.8}",
     )
-    defs = build(edited, home=home)
-    status = _status(defs, instance)
-    stale = {k for k, s in status.items() if StaleStatus.STALE in s}
-    assert stale == {"dedup/strict"}  # the changed asset itself; the rest follow on rebuild
-    assert all(s == {StaleStatus.FRESH} for k, s in status.items() if k not in stale)
-    touched = {k.to_user_string() for k in needs_rebuild(defs, instance)}
-    assert touched == {
-        "dedup/strict",
-        "quality_model/strict",
-        "filtered/strict/docstrings",
-        "filtered/strict/packages",
-        "stats/stage_decisions",
-        "stats/stage_counts",
-        "stats/stage_summary",
-        "stats/quality_score_histogram",
+    lines = status(build(edited, home=home, now=True), instance)
+    assert {line.split("[")[0] for line in lines["due"]} == {
+        "dedup/strict/docstrings",
+        "dedup/strict/packages",
     }
+    assert all("declaration changed" in line for line in lines["due"])
+    assert len(lines["due"]) == 4  # two shards each
 
-    # the lenient recipe's steps: its pools and everything down to the trained model
+    # the lenient recipe's steps: its pool shards, nothing of the strict recipe
     edited = _edited(
         exp_dir,
         tmp_path / "b",
         "gopher_quality: {min_words: 20,",
         "gopher_quality: {min_words: 25,",
     )
-    defs = build(edited, home=home)
-    stale = {k for k, s in _status(defs, instance).items() if StaleStatus.STALE in s}
-    assert stale == {"pool/lenient/docstrings", "pool/lenient/code"}
-    touched = {k.to_user_string() for k in needs_rebuild(defs, instance)}
-    assert {
-        "dedup/lenient",
-        "quality_model/lenient",
-        "filtered/lenient/code",
-        "tokenizer/small",
-        "mixture/small",
-        "tokens/small",
-        "train/smoke",
-        "eval/smoke",
-        "doremi/dro/reference",
-        "doremi/dro/proxy",
-        "doremi/dro/weights",
-        "mixture/dro",
-        "tokens/dro",
-        "mixture/entropic",
-    } <= touched
-    assert not any(k.startswith(("corpus/", "pool/strict", "dedup/strict")) for k in touched)
+    assert _due(build(edited, home=home, now=True), instance) == {
+        "pool/lenient/docstrings",
+        "pool/lenient/code",
+    }
+
+
+def test_a_new_shard_changes_no_decision_about_existing_shards(materialized) -> None:  # type: ignore[no-untyped-def]
+    """Add a raw shard: only its own per-shard assets run, the quality model is kept (same
+    bytes), every existing dedup and filtered shard keeps its output, and the new shard's
+    duplicates of existing documents are dropped in favour of the existing survivors."""
+    home, exp_dir, instance, _ = materialized
+    layout = Layout(home)
+    raw = home / "raw" / "code"
+    existing = sorted(p.name for p in raw.iterdir())
+    # the new shard: an existing shard's documents again (all duplicates) under new ids
+    from corpuslab.ingest.readers import read_raw_shard
+
+    first = read_raw_shard(raw / existing[0], "code").table
+    records = [
+        {"id": f"again-{i}", "text": t} for i, t in enumerate(first.column("text").to_pylist())
+    ]
+    (raw / "part-00009.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    before = {
+        p: digest(p)
+        for d in ("filtered", "dedup")
+        for p in (layout.data / d).rglob("*.parquet")
+        if "signatures" not in p.parts
+    }
+    model = layout.quality_dir("lenient") / "model.bin"
+    model_digest = digest(model)
+    assert _add_shards(exp_dir, home, instance) == {"code": ["part-00009"]}
+    curation = dg.AssetSelection.from_string(
+        'key:"corpus/*" or key:"pool/*" or key:"dedup/*" or key:"quality_model/*" '
+        'or key:"filtered/*"'
+    )
+    reports = materialize(
+        build(exp_dir, home=home, now=True), instance, selection=curation, log=lambda _: None
+    )
+    ran = {(k.to_user_string(), r.partition) for r in reports for k in r.keys}
+    assert {p for _, p in ran} <= {"part-00009", None}
+    assert {k for k, p in ran if p == "part-00009"} == {
+        "corpus/code", "pool/lenient/code", "dedup/lenient/code", "filtered/lenient/code"
+    }  # fmt: skip
+    assert digest(model) == model_digest  # same declaration, same sample: the model is kept
+    for path, old in before.items():
+        assert digest(path) == old, f"{path} changed"
+    new = layout.dedup_decisions_dir("lenient", "code") / "part-00009.parquet"
+    decided = duckdb.sql(f"select status, survivor_key from '{new}'").fetchall()
+    kept_before = {
+        k
+        for (k,) in duckdb.sql(
+            f"select key from '{layout.dedup_dir('lenient')}/decisions/*/*.parquet' "
+            "where status = 'kept' and shard <> 'part-00009'"
+        ).fetchall()
+    }
+    survivors = {s for st, s in decided if st != "kept"}
+    assert survivors and survivors <= kept_before  # pointed at existing survivors
+    # a full recompute rebuilds the index as one batch: the global clustering
+    materialize(
+        build(exp_dir, home=home, now=True),
+        instance,
+        selection=curation,
+        force={
+            (dg.AssetKey(["dedup", "lenient", src]), part): {"full_recompute": "t1"}
+            for src in ("docstrings", "code")
+            for part in instance.get_dynamic_partitions(shard_partitions(src).name)
+        },
+        log=lambda _: None,
+    )
+    from corpuslab.stages.dedup import recipe_decisions
+
+    after = recipe_decisions(load_experiment(exp_dir), layout, "lenient")
+    assert after.num_rows == sum(
+        len(duckdb.sql(f"select id from '{p}'").fetchall())
+        for p in layout.data.glob("pool/recipe=lenient/*/*.parquet")
+    )

@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from assets.partitions import shard_partitions
-from cli.materialize import materialize_stale
+from cli.materialize import materialize
 from corpuslab.declarations import load_experiment
 from corpuslab.layout import Layout
 from definitions import build
@@ -61,7 +61,7 @@ def test_s3_source_materializes_with_checks(
         monkeypatch.setenv("AWS_REGION", "us-east-1")
         monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
         monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-        defs = build(exp_dir, home=home)
+        defs = build(exp_dir, home=home, now=True)
         new = shard_requests(load_experiment(exp_dir), Layout(home), inst)
         assert new == {
             "lake": ["crawls_a", "crawls_b", "cut", "empty", "part-0", "part-1", "part-2"],
@@ -70,7 +70,7 @@ def test_s3_source_materializes_with_checks(
         }
         for source, keys in new.items():
             inst.add_dynamic_partitions(shard_partitions(source).name, keys)
-        reports = materialize_stale(defs, inst, log=lambda _: None)
+        reports = materialize(defs, inst, log=lambda _: None)
     checks = {k: v for r in reports for k, v in r.checks.items()}
     assert all(checks.values()) and len([k for k in checks if k.startswith("corpus/lake")]) == 7
     layout = Layout(home)

@@ -14,13 +14,13 @@ import pyarrow.parquet
 import pytest
 
 from corpuslab.declarations import load_experiment
-from corpuslab.fileio import write_parquet
+from corpuslab.fileio import digest, write_parquet
 from corpuslab.ingest.readers import SCHEMA
 from corpuslab.layout import Layout
 from corpuslab.lmdata import mixture as mix_lib
 from corpuslab.lmdata import tokenize as tok_lib
 from corpuslab.lmdata.tokenfile import TokenFile
-from corpuslab.stages.dedup import materialize_dedup
+from corpuslab.stages.dedup import DedupIndexError, materialize_dedup_shard, recipe_decisions
 from corpuslab.stages.mixture import materialize_mixture, materialize_tokenizer, materialize_tokens
 
 
@@ -31,7 +31,19 @@ def _docs(source: str, rows: list[tuple[str, str]]) -> pa.Table:
     )
 
 
-def test_dedup_across_shards_with_clashing_ids(tmp_path: Path) -> None:
+def _decisions(layout: Layout) -> dict[tuple[str, str], tuple[str, str]]:
+    """(shard, id) -> (status, duplicate_of) over every decided shard of recipe ``r``."""
+    t = recipe_decisions(load_experiment(layout.home.parent / "exp"), layout, "r")
+    return {
+        (d["shard"], d["id"]): (d["status"], d["duplicate_of"])
+        for d in t.to_pylist()
+        if d["status"] != "kept"
+    }
+
+
+def test_dedup_across_shards_with_clashing_ids_and_a_later_shard(tmp_path: Path) -> None:
+    """Shards decided in one batch equal the global clustering; a later shard is decided
+    against them without changing their files; a full recompute decides everything again."""
     (tmp_path / "exp").mkdir()
     (tmp_path / "exp" / "e.yaml").write_text(
         textwrap.dedent("""
@@ -51,22 +63,43 @@ def test_dedup_across_shards_with_clashing_ids(tmp_path: Path) -> None:
     # the same id "1" in both shards names different documents
     write_parquet(_docs("a", [("1", base), ("2", other)]), pool / "s0.parquet")
     write_parquet(_docs("a", [("1", near), ("3", base.upper())]), pool / "s1.parquet")
-    summary = materialize_dedup(exp, layout, "r")
-    assert summary["documents"] == 4 and summary["survivors_kept"]
-    drops = pa.parquet.read_table(layout.dedup_dir("r") / "drop.parquet").to_pylist()
-    got = {(d["shard"], d["id"]): (d["reason"], d["duplicate_of"]) for d in drops}
+    summary = materialize_dedup_shard(exp, layout, "r", "a", "s0")
+    assert summary["documents"] == 2 and summary["survivors_kept"]
+    assert summary["batch"]["batch_shards"] == 2  # every undecided shard, in one batch
+    s1 = materialize_dedup_shard(exp, layout, "r", "a", "s1")
+    assert s1["batch"] == "decided in an earlier batch" and s1["survivors_kept"]
     # exact (case-folded) copy and the near copy both point at the one kept survivor
-    assert got == {
+    assert _decisions(layout) == {
         ("s1", "3"): ("exact_duplicate", "a/s0/1"),
         ("s1", "1"): ("near_duplicate", "a/s0/1"),
     }
-    assert summary["signature_shards_computed"] == 2
+    old = {p.name: digest(p) for p in layout.dedup_decisions_dir("r", "a").glob("*.parquet")}
 
-    # a new shard: only its signatures are computed, the old ones are reused
-    write_parquet(_docs("a", [("9", near.replace("paragraph", "section", 2))]), pool / "s2.parquet")
-    again = materialize_dedup(exp, layout, "r")
-    assert again["signature_shards_computed"] == 1 and again["signature_shards_reused"] == 2
-    assert again["near_duplicates"] == 2
+    # a later shard whose near duplicate sorts first: it is dropped, the old survivor stays
+    later = near.replace("paragraph", "section", 2)
+    write_parquet(_docs("a", [("0", later)]), layout.pool_dir("r", "a") / "r0.parquet")
+    s2 = materialize_dedup_shard(exp, layout, "r", "a", "r0")
+    assert s2["batch"]["batch_shards"] == 1 and s2["batch"]["index_documents"] == 4
+    assert s2["near_duplicates"] == 1
+    assert _decisions(layout)[("r0", "0")] == ("near_duplicate", "a/s0/1")
+    for p in layout.dedup_decisions_dir("r", "a").glob("s*.parquet"):
+        assert digest(p) == old[p.name]  # existing decisions untouched
+
+    # a full recompute is the global clustering: now the earliest key (r0/0) survives
+    materialize_dedup_shard(exp, layout, "r", "a", "s0", full_recompute="again")
+    assert _decisions(layout) == {
+        ("s0", "1"): ("near_duplicate", "a/r0/0"),
+        ("s1", "1"): ("near_duplicate", "a/r0/0"),
+        ("s1", "3"): ("exact_duplicate", "a/r0/0"),
+    }
+    # the same token again does not clear the index a second time
+    again = materialize_dedup_shard(exp, layout, "r", "a", "s1", full_recompute="again")
+    assert again["batch"] == "decided in an earlier batch"
+
+    # a pool shard that changed under an index whose other shards lean on it: a clear error
+    write_parquet(_docs("a", [("0", other)]), layout.pool_dir("r", "a") / "r0.parquet")
+    with pytest.raises(DedupIndexError, match="full-recompute"):
+        materialize_dedup_shard(exp, layout, "r", "a", "r0")
 
 
 # ---------------------------------------------------------------- mixtures and tokens

@@ -1,0 +1,135 @@
+"""Incremental dedup: new documents are decided against a frozen index of earlier decisions.
+
+A recipe's dedup index is every document already decided, with its exact-text digest, its
+MinHash signature and its status (kept, or dropped in favour of a survivor). A batch of new
+documents is decided in two passes, as a from-scratch run decides everything:
+
+1. exact: a new document whose normalized text equals an indexed one is dropped in favour of
+   that document's survivor; among new documents with the same text the smallest key survives;
+2. near: connected components of the LSH graph over the indexed documents (those not exact
+   duplicates) and the remaining new ones; a component that holds indexed documents keeps their
+   survivor and drops every new member; a component of new documents only keeps its smallest key.
+
+Indexed decisions never change, so adding documents never flips a decision about an existing
+one ("existing survivors stay"). With an empty index the result is exactly the global
+clustering of :func:`corpuslab.dedup.lsh.find_duplicates_from_signatures` after
+:func:`corpuslab.dedup.exact.exact_duplicates`, so a full recompute equals a from-scratch build.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from corpuslab.dedup.exact import normalized_hash
+from corpuslab.dedup.lsh import near_components
+from corpuslab.dedup.params import DedupParams, check_ids
+
+KEPT = "kept"
+EXACT = "exact_duplicate"
+NEAR = "near_duplicate"
+
+
+@dataclass
+class Index:
+    """Documents already decided: key, exact digest, signature, status and survivor."""
+
+    keys: list[str] = field(default_factory=list)
+    exact: list[bytes] = field(default_factory=list)
+    signatures: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.uint64))
+    status: list[str] = field(default_factory=list)  # KEPT, EXACT or NEAR
+    survivor: list[str] = field(default_factory=list)  # the key that stands for the document
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+
+@dataclass
+class Decisions:
+    """The batch's decisions, aligned with its keys, and the pair counts of its LSH pass."""
+
+    keys: list[str]
+    exact: list[bytes]
+    status: list[str]
+    survivor: list[str]
+    n_candidate_pairs: int = 0
+    n_verified_pairs: int = 0
+
+    def dropped(self) -> int:
+        return sum(s != KEPT for s in self.status)
+
+
+def decide(
+    index: Index,
+    keys: Sequence[str],
+    texts: Sequence[str],
+    signatures: np.ndarray,
+    params: DedupParams,
+) -> Decisions:
+    """Decide the new documents ``keys`` against ``index`` (see the module docstring)."""
+    check_ids(keys, len(texts))
+    overlap = set(keys) & set(index.keys)
+    if overlap:
+        raise ValueError(f"documents already in the dedup index: {sorted(overlap)[:5]}")
+    n = len(keys)
+    digests = [normalized_hash(t) for t in texts]
+    status = [KEPT] * n
+    survivor = list(keys)
+
+    # exact: against the index first, then among the new documents (smallest key first)
+    known: dict[bytes, str] = {}
+    for h, s in zip(index.exact, index.survivor, strict=True):
+        known[h] = min(known.get(h, s), s)
+    first: dict[bytes, int] = {}
+    for i in sorted(range(n), key=keys.__getitem__):
+        h = digests[i]
+        if h in known:
+            status[i], survivor[i] = EXACT, known[h]
+        elif h in first:
+            status[i], survivor[i] = EXACT, keys[first[h]]
+        else:
+            first[h] = i
+
+    # near: components over indexed documents (not exact duplicates) and the remaining new ones
+    idx_nodes = [j for j, s in enumerate(index.status) if s != EXACT]
+    new_nodes = [i for i in range(n) if status[i] == KEPT]
+    sigs = np.asarray(signatures)
+    stacked = [index.signatures[idx_nodes]] if idx_nodes else []
+    stacked.append(sigs[new_nodes] if new_nodes else np.zeros((0, params.num_perm), np.uint64))
+    comps = near_components(np.concatenate(stacked).astype(np.uint64), params)
+    labels = comps.labels
+    m = len(idx_nodes)
+    frozen: dict[int, str] = {}  # component -> the survivor its indexed members stand for
+    for pos, j in enumerate(idx_nodes):
+        label = int(labels[pos])
+        frozen[label] = min(frozen.get(label, index.survivor[j]), index.survivor[j])
+    smallest: dict[int, int] = {}  # component of new documents only -> its smallest-key member
+    for pos, i in enumerate(new_nodes):
+        label = int(labels[m + pos])
+        if label in frozen:
+            status[i], survivor[i] = NEAR, frozen[label]
+        elif label not in smallest or keys[i] < keys[smallest[label]]:
+            smallest[label] = i
+    for pos, i in enumerate(new_nodes):
+        label = int(labels[m + pos])
+        if label in smallest and smallest[label] != i:
+            status[i], survivor[i] = NEAR, keys[smallest[label]]
+
+    # an exact duplicate's survivor may itself have become a near duplicate: follow it
+    final = {keys[i]: survivor[i] for i in range(n)}
+    for i in range(n):
+        if status[i] == EXACT:
+            s = survivor[i]
+            while s in final and final[s] != s:
+                s = final[s]
+            survivor[i] = s
+    return Decisions(
+        keys=list(keys),
+        exact=digests,
+        status=status,
+        survivor=survivor,
+        n_candidate_pairs=comps.n_candidate_pairs,
+        n_verified_pairs=comps.n_verified_pairs,
+    )
