@@ -16,6 +16,7 @@ from __future__ import annotations
 import functools
 import multiprocessing
 import os
+import socket
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable
@@ -88,6 +89,42 @@ def evaluate(
         )
     finally:
         del instance.get_dynamic_partitions  # back to the class's method
+
+
+LAUNCHER_TAG = "corpuslab/launched_by"
+PID_TAG = "corpuslab/pid"
+HOST_TAG = "corpuslab/host"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def reap_dead_runs(instance: dg.DagsterInstance) -> list[str]:
+    """Mark as failed the runs this command started on this host whose process died.
+
+    A killed ``corpuslab materialize`` leaves its run STARTED in the instance, and an asset
+    whose run is in progress is never requested again; Dagster's daemon has run monitoring
+    for runs it launches, this is the same for runs launched in-process by this command.
+    """
+    reaped = []
+    active = [dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.STARTING]
+    runs = instance.get_runs(
+        filters=dg.RunsFilter(statuses=active, tags={LAUNCHER_TAG: "corpuslab materialize"})
+    )
+    for run in runs:
+        pid = run.tags.get(PID_TAG)
+        if run.tags.get(HOST_TAG) != socket.gethostname() or not pid or _alive(int(pid)):
+            continue
+        instance.report_run_failed(run, f"the process running it (pid {pid}) died")
+        reaped.append(run.run_id)
+    return reaped
 
 
 def code_version_changes(defs: dg.Definitions, instance: dg.DagsterInstance) -> dict[Unit, str]:
@@ -237,7 +274,11 @@ def execute_run(
         instance=instance,
         resources=defs.resources,
         raise_on_error=False,
-        tags={"corpuslab/launched_by": "corpuslab materialize"},
+        tags={
+            LAUNCHER_TAG: "corpuslab materialize",
+            PID_TAG: str(os.getpid()),
+            HOST_TAG: socket.gethostname(),
+        },
         run_config=_run_config(keys, configs, log_level),
     )
     checks = {
@@ -297,6 +338,8 @@ def materialize(
     side by side in worker processes (they rebuild the definitions from ``experiments`` and
     ``home``).
     """
+    for run_id in reap_dead_runs(instance):
+        log(f"run {run_id} was left running by a process that died: marked failed")
     graph = defs.resolve_asset_graph()
     keys = [k for k in graph.materializable_asset_keys if selection is None or k in
             selection.resolve(graph)]  # fmt: skip

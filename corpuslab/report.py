@@ -42,19 +42,8 @@ def summary(exp: Experiment, layout: Layout) -> str:
         )
         out(f"{stage:<9}{recipe:<10}{source:<11}{n_in:>7}{kept:>7}{dropped:>8}  {reasons}")
     for recipe in exp.recipes:
-        d = _read(layout.dedup_dir(recipe) / "summary.json")
-        out(
-            f"== dedup/{recipe}: {d.get('documents')} docs, {d.get('exact_duplicates')} exact and "
-            f"{d.get('near_duplicates')} near duplicates removed in {d.get('clusters')} clusters =="
-        )
-        q = _read(layout.quality_dir(recipe) / "summary.json")
-        m = q.get("metrics", {})
-        out(
-            f"== quality_model/{recipe}: held-out accuracy {m.get('accuracy', 0):.3f}, "
-            f"precision {m.get('precision', 0):.3f}, recall {m.get('recall', 0):.3f}, "
-            f"AUC {m.get('auc', 0):.3f}; threshold {q.get('threshold', 0):.3g}, "
-            f"kept {q.get('kept')} of {q.get('scored')} =="
-        )
+        out(_dedup_line(exp, layout, recipe))
+        out(_quality_line(layout, recipe))
     for mixture, mdecl in exp.mixtures.items():
         if mdecl.doremi is not None:
             dw = _read(layout.doremi_dir(mixture) / "weights.json")
@@ -96,6 +85,36 @@ def summary(exp: Experiment, layout: Layout) -> str:
         out(f"== MLflow run id: {ml.get('run_id')}")
     out(compare_runs(exp, layout))
     return "\n".join(lines)
+
+
+def _dedup_line(exp: Experiment, layout: Layout, recipe: str) -> str:
+    from corpuslab.stages.dedup import dedup_summary
+
+    d = dedup_summary(exp, layout, recipe)
+    if not d["documents"]:
+        return f"== dedup/{recipe}: not materialized yet =="
+    return (
+        f"== dedup/{recipe}: {d['documents']} docs, {d['exact_duplicates']} exact and "
+        f"{d['near_duplicates']} near duplicates removed in {d['clusters']} clusters =="
+    )
+
+
+def _quality_line(layout: Layout, recipe: str) -> str:
+    q = _read(layout.quality_dir(recipe) / "summary.json")
+    if not q:
+        return f"== quality_model/{recipe}: not materialized yet =="
+    if not q.get("enabled"):
+        return (
+            f"== quality_model/{recipe}: no quality filter declared; every deduplicated "
+            "document is kept =="
+        )
+    m = q["metrics"]
+    return (
+        f"== quality_model/{recipe}: held-out accuracy {m['accuracy']:.3f}, precision "
+        f"{m['precision']:.3f}, recall {m['recall']:.3f}, AUC {m['auc']:.3f} "
+        f"({m['n_heldout']} held-out documents); keeps scores >= {q['threshold']:.3g}: "
+        f"{q['kept']} of {q['scored']} documents at training time =="
+    )
 
 
 def compare_runs(exp: Experiment, layout: Layout) -> str:

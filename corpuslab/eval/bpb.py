@@ -24,6 +24,7 @@ import torch
 from tokenizers import Tokenizer
 
 from corpuslab.lmdata.tokenize import EOS
+from corpuslab.progress import Progress
 from corpuslab.training.checkpoints import load_model
 from corpuslab.training.model import GPT, IGNORE_INDEX
 
@@ -149,7 +150,9 @@ def evaluate_domains(
     ``weights="model_lawa.pt"`` scores the checkpoint average instead of the final weights.
     """
     model = load_model(run_dir, weights=weights)
-    return {
-        domain: bits_per_byte(model, tokenizer_path, texts, seq_len, batch_size)
-        for domain, texts in heldout.items()
-    }
+    progress = Progress(f"eval {Path(run_dir).name} ({weights})", len(heldout), "domains")
+    out = {}
+    for domain, texts in heldout.items():
+        out[domain] = bits_per_byte(model, tokenizer_path, texts, seq_len, batch_size)
+        progress.advance(note=f"{domain} {out[domain]['bpb']:.3f} bits/byte")
+    return out

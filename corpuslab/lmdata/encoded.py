@@ -30,6 +30,7 @@ from tokenizers import Tokenizer
 from corpuslab.fileio import atomic_path, digest
 from corpuslab.lmdata.tokenfile import dtype_for_vocab
 from corpuslab.lmdata.tokenize import load_tokenizer, pack_rows, vocab_size
+from corpuslab.progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -177,11 +178,13 @@ def encode_pools(
                 todo.append((domain, shard, path, entry))
     if todo:
         n_workers = max(1, min(len(todo), workers or os.cpu_count() or 1))
+        progress = Progress(f"encoding with {tokenizer_path.parent.name}", len(todo), "shards")
         with ThreadPoolExecutor(n_workers, thread_name_prefix="encode") as pool:
             futures = [pool.submit(encode_shard, tok, src, out, dtype) for _, _, src, out in todo]
             for (domain, shard, _, _), fut in zip(todo, futures, strict=True):
                 fut.result()
                 result.encoded.append(f"{domain}/{shard}")
+                progress.advance(note=f"{domain}/{shard}")
         log.info("encoded %d shards, reused %d", len(todo), result.reused)
     return result
 

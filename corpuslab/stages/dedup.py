@@ -28,6 +28,7 @@ from corpuslab.declarations import Experiment
 from corpuslab.dedup.incremental import EXACT, KEPT, Index, decide
 from corpuslab.fileio import atomic_path, digest, read_parquet, write_json
 from corpuslab.layout import Layout
+from corpuslab.progress import Progress
 from corpuslab.stages.common import KEY_SEP, doc_key, split_key
 
 DECISION_SCHEMA = pa.schema(
@@ -124,10 +125,14 @@ def _signatures(
         shards.append((f"source={ref.source}/{ref.shard}", digest(path), read))
     sig_dir = layout.dedup_dir(recipe) / "signatures"
     parts = []
+    progress = Progress(f"dedup/{recipe}: MinHash signatures", len(shards), "shards")
     for name, key, read in shards:
-        ids, sigs, _ = dedup_lib.shard_signatures(sig_dir / f"{name}.npz", params, read, key=key)
+        ids, sigs, fresh = dedup_lib.shard_signatures(
+            sig_dir / f"{name}.npz", params, read, key=key
+        )
         keys_by[name] = ids
         parts.append(sigs)
+        progress.advance(note=f"{name} {'computed' if fresh else 'cached'}")
     return np.concatenate(parts) if parts else np.zeros((0, params.num_perm), np.uint64)
 
 

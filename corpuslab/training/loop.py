@@ -27,6 +27,7 @@ import torch
 from corpuslab.eval.bpb import sequence_loss
 from corpuslab.fileio import atomic_path, write_json
 from corpuslab.lmdata.tokenfile import TokenFile
+from corpuslab.progress import EVERY_S
 from corpuslab.training import checkpoints as ckpt
 from corpuslab.training.data import BatchSampler, DomainBalancedSampler, get_batch
 from corpuslab.training.deepspeed import (
@@ -230,7 +231,7 @@ def train(spec: RunSpec, reporter: Reporter | None = None) -> dict[str, Any]:
 
     engine.train()
     loss_value = window[-1] if window else float("nan")
-    start = last_log_t = time.perf_counter()
+    start = last_log_t = last_report = time.perf_counter()
     last_log_step = start_step
     try:
         for step in range(start_step, plan.steps):
@@ -308,10 +309,19 @@ def train(spec: RunSpec, reporter: Reporter | None = None) -> dict[str, Any]:
                     metrics["adagc_clipped_fraction"] = clipped_frac
                 if dro is not None:
                     metrics |= dro.metrics()
-                last_log_t, last_log_step = now, done
+                last_log_t = last_report = now
+                last_log_step = done
                 if reporter is not None:
-                    reporter(done, metrics)
+                    reporter(done, metrics | _progress(done, plan.steps, start_step, start))
                 tracker.log(done, metrics)
+            elif (
+                rank == 0 and reporter is not None and time.perf_counter() - last_report >= EVERY_S
+            ):
+                # between metric reports, a progress line at least every EVERY_S seconds
+                last_report = time.perf_counter()
+                reporter(
+                    done, {"loss": loss_value} | _progress(done, plan.steps, start_step, start)
+                )
             if tc.checkpoint_every and done % tc.checkpoint_every == 0 and done < plan.steps:
                 save(done)
                 last_saved = done
@@ -360,6 +370,14 @@ def train(spec: RunSpec, reporter: Reporter | None = None) -> dict[str, Any]:
         _finish(spec, out, ckpt_dir, final_state, data, n_train, summary)
     dist.barrier()
     return summary
+
+
+def _progress(done: int, steps: int, start_step: int, start: float) -> dict[str, float]:
+    """Steps done and planned, and the seconds left at this run's pace (for progress lines)."""
+    elapsed = time.perf_counter() - start
+    rate = (done - start_step) / elapsed if elapsed > 0 else 0.0
+    eta_s = (steps - done) / rate if rate > 0 else float("nan")
+    return {"step": float(done), "steps": float(steps), "eta_s": eta_s}
 
 
 def _finish(

@@ -3,20 +3,27 @@
 MFU = ``flops_per_token x tokens_per_s / (peak_flops x world_size)``, with ``flops_per_token =
 6N + 12 L H Q T`` (:meth:`ModelDims.flops_per_token`) and the peak per device declared
 (``train.peak_flops``), looked up for known GPUs (:data:`PEAK_FLOPS`, dense bf16) or, on CPU,
-measured as this rank's fp32 matmul throughput with its threads.
+this machine's fp32 matmul throughput with the rank's threads, measured once and cached
+(``$CORPUSLAB_CACHE``, default ``~/.cache/corpuslab``). A peak measured afresh at every run
+would move with the load: a busier machine would report a lower peak and so a higher MFU.
 """
 
 from __future__ import annotations
 
+import json
+import os
+import platform
 import time
+from pathlib import Path
 from typing import Any
 
 import torch
 
+from corpuslab.fileio import atomic_path
 from corpuslab.training.runspec import PEAK_FLOPS, TrainConfig
 
 
-def measure_matmul_flops(seconds: float = 0.3, n: int = 512, trials: int = 6) -> float:
+def measure_matmul_flops(seconds: float = 3.0, n: int = 512, trials: int = 10) -> float:
     """FLOP/s of fp32 ``n x n`` matmuls on the CPU with torch's current threads.
 
     The best of ``trials`` short windows, so a moment of contention from another process does
@@ -47,7 +54,40 @@ def peak_flops_per_device(tc: TrainConfig) -> tuple[float, str]:
         )
         if key is not None:
             return PEAK_FLOPS[key], key
-    return measure_matmul_flops(), "measured: cpu fp32 matmul"
+    return cpu_peak_flops()
+
+
+def _cache_dir() -> Path:
+    root = os.environ.get("CORPUSLAB_CACHE") or os.environ.get("XDG_CACHE_HOME")
+    return Path(root) / "corpuslab" if root else Path.home() / ".cache" / "corpuslab"
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def cpu_peak_flops(remeasure: bool = False) -> tuple[float, str]:
+    """This machine's fp32 matmul peak with torch's current threads: measured once, cached."""
+    key = f"{_cpu_model()}|cores={os.cpu_count()}|threads={torch.get_num_threads()}"
+    key += f"|torch={torch.__version__}"
+    path = _cache_dir() / "cpu_peak_flops.json"
+    try:
+        cache = json.loads(path.read_text()) if path.is_file() else {}
+    except (OSError, ValueError):
+        cache = {}
+    if remeasure or key not in cache:
+        cache[key] = {"flops": measure_matmul_flops(), "measured_at": time.time()}
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(path) as tmp:
+            tmp.write_text(json.dumps(cache, indent=2, sort_keys=True))
+    when = time.strftime("%Y-%m-%d", time.gmtime(cache[key]["measured_at"]))
+    return float(cache[key]["flops"]), f"cpu fp32 matmul peak, measured {when}, cached in {path}"
 
 
 def optimizer_state_numel(engine: Any) -> int:

@@ -34,6 +34,20 @@ def print_reporter(step: int, metrics: dict[str, float]) -> None:
     print(json.dumps({"step": step, **metrics}), flush=True)
 
 
+def progress_line(name: str, step: int, metrics: dict[str, float]) -> str:
+    """A line a person reads: step, loss, throughput and time left."""
+    from corpuslab.progress import eta
+
+    parts = [f"train {name}: step {step}/{int(metrics.get('steps', step))}"]
+    if "loss" in metrics:
+        parts.append(f"loss {metrics['loss']:.4f}")
+    if "tokens_per_s" in metrics:
+        parts.append(f"{metrics['tokens_per_s']:,.0f} tokens/s")
+    if metrics.get("eta_s", float("nan")) == metrics.get("eta_s"):  # not NaN
+        parts.append(f"ETA {eta(metrics['eta_s'])}")
+    return ", ".join(parts)
+
+
 def materialization_metadata(spec: RunSpec, summary: dict[str, Any]) -> dict[str, Any]:
     """What the Dagster asset records about a finished run."""
     keys = (
@@ -62,7 +76,9 @@ def main(argv: list[str] | None = None) -> int:
         with open_dagster_pipes() as pipes:
 
             def pipes_reporter(step: int, metrics: dict[str, float]) -> None:
+                # the run's logs in Dagster get the numbers; the terminal gets a readable line
                 pipes.log.info(json.dumps({"step": step, **metrics}))
+                print(progress_line(spec.name, step, metrics), file=sys.stderr, flush=True)
 
             summary = train(spec, pipes_reporter)
             pipes.report_asset_materialization(

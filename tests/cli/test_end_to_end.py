@@ -273,3 +273,97 @@ def test_a_new_shard_changes_no_decision_about_existing_shards(materialized) -> 
         len(duckdb.sql(f"select id from '{p}'").fetchall())
         for p in layout.data.glob("pool/recipe=lenient/*/*.parquet")
     )
+
+
+RESUMABLE = """
+  {name}:
+    mixture: small
+    model: {{n_layer: 1, n_head: 2, d_model: 32}}
+    deepspeed: zero2
+    train: {{steps: 60, micro_batch_size: 4, warmup_steps: 2, log_every: 5,
+            checkpoint_every: 10, lr: 3.0e-3}}
+"""
+
+
+def _tree(pid: int) -> list[int]:
+    """``pid`` and every process below it (from /proc's children lists)."""
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        for task in Path(f"/proc/{p}/task").glob("*"):
+            try:
+                todo += [int(c) for c in (task / "children").read_text().split()]
+            except OSError:  # exited meanwhile
+                continue
+    return out
+
+
+def _losses(layout: Layout, run: str) -> dict[int, float]:
+    info = json.loads((layout.run_dir(run) / "mlflow.json").read_text())
+    client = mlflow.MlflowClient(info["tracking_uri"])
+    return {m.step: m.value for m in client.get_metric_history(info["run_id"], "loss")}
+
+
+def test_a_killed_training_materialization_resumes_into_the_same_mlflow_run(  # type: ignore[no-untyped-def]
+    materialized, tmp_path: Path
+) -> None:
+    """SIGKILL `corpuslab materialize` (and its torchrun) after a checkpoint; materializing again
+    resumes from that checkpoint into the same MLflow run and ends where an uninterrupted run
+    of the same declaration ends, step for step."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    home, exp_dir, instance, _ = materialized
+    layout = Layout(home)
+    edited = tmp_path / "exp"
+    shutil.copytree(exp_dir, edited)
+    runs = edited / "runs.yaml"
+    runs.write_text(
+        runs.read_text() + RESUMABLE.format(name="straight") + RESUMABLE.format(name="killed")
+    )
+    env = {
+        **os.environ,
+        "CORPUSLAB_HOME": str(home),
+        "CORPUSLAB_EXPERIMENTS": str(edited),
+        "DAGSTER_HOME": instance.root_directory,
+        "DS_ACCELERATOR": "cpu",
+    }
+    cmd = [sys.executable, "-m", "cli", "materialize", "--jobs", "1", "--select"]
+    subprocess.run([*cmd, 'key:"train/straight"'], env=env, check=True, capture_output=True)
+
+    proc = subprocess.Popen(
+        [*cmd, 'key:"train/killed"'],
+        env=env,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    latest = layout.run_dir("killed") / "checkpoints" / "latest"
+    deadline = time.time() + 300
+    while not (latest.is_file() and latest.read_text().strip() in {"step20", "step30"}):
+        assert proc.poll() is None, "the run ended before it could be killed"
+        assert time.time() < deadline, "no checkpoint after 5 minutes"
+        time.sleep(0.2)
+    for pid in _tree(proc.pid):  # the CLI, torchrun and its ranks (in sessions of their own)
+        os.kill(pid, signal.SIGKILL)
+    proc.wait()
+    killed_at = int(latest.read_text().strip().removeprefix("step"))
+    before = json.loads((layout.run_dir("killed") / "mlflow.json").read_text())["run_id"]
+    assert not (layout.run_dir("killed") / "summary.json").exists()
+
+    subprocess.run([*cmd, 'key:"train/killed"'], env=env, check=True, capture_output=True)
+    summary = json.loads((layout.run_dir("killed") / "summary.json").read_text())
+    assert summary["resumed_from_step"] == killed_at
+    assert json.loads((layout.run_dir("killed") / "mlflow.json").read_text())["run_id"] == before
+    client = mlflow.MlflowClient(layout.mlflow_uri)
+    run = client.get_run(before)
+    assert run.info.status == "FINISHED" and "corpuslab.resumed_by" in run.data.tags
+    straight = json.loads((layout.run_dir("straight") / "summary.json").read_text())
+    assert summary["final_loss"] == pytest.approx(straight["final_loss"], abs=1e-6)
+    ours, theirs = _losses(layout, "killed"), _losses(layout, "straight")
+    assert set(ours) == set(theirs) and max(ours) == 60
+    assert all(ours[s] == pytest.approx(theirs[s], abs=1e-6) for s in theirs)

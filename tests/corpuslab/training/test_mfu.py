@@ -1,0 +1,34 @@
+"""The CPU peak behind MFU is measured once per machine and cached, not at every run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from corpuslab.training import mfu
+from corpuslab.training.runspec import TrainConfig
+
+
+def test_cpu_peak_is_measured_once_then_read_from_the_cache(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CORPUSLAB_CACHE", str(tmp_path))
+    calls = []
+    real = mfu.measure_matmul_flops
+
+    def measured(*args: object, **kwargs: object) -> float:
+        calls.append(1)
+        return real(seconds=0.2, trials=4)
+
+    monkeypatch.setattr(mfu, "measure_matmul_flops", measured)
+    peak, source = mfu.cpu_peak_flops()
+    assert peak > 1e8 and len(calls) == 1  # a real measurement: > 0.1 GFLOP/s on any CPU
+    assert str(tmp_path / "corpuslab" / "cpu_peak_flops.json") in source
+    again, _ = mfu.cpu_peak_flops()
+    assert again == peak and len(calls) == 1  # read back: a busy machine reports the same peak
+    # the run's MFU divides by the cached number unless the run declares its own
+    assert mfu.peak_flops_per_device(TrainConfig(steps=1))[0] == peak
+    assert mfu.peak_flops_per_device(TrainConfig(steps=1, peak_flops=5e11)) == (5e11, "declared")
+    fresh, _ = mfu.cpu_peak_flops(remeasure=True)
+    assert len(calls) == 2 and fresh > 1e8
