@@ -9,11 +9,12 @@ import argparse
 import json
 import os
 import shutil
+import sys
 import time
 from pathlib import Path
 
 from corpuslab.declarations import load_experiment
-from corpuslab.ingest.democorpus import build_demo_corpus
+from corpuslab.ingest.democorpus import DemoCorpusError, build_demo_corpus
 from corpuslab.layout import Layout
 from corpuslab.report import summary
 
@@ -31,7 +32,11 @@ def _prepare_environment(layout: Layout) -> None:
 
 
 def ensure_demo_corpus(layout: Layout) -> None:
-    """Build the raw demo corpus once; the builder is deterministic, so a rebuild is a no-op."""
+    """Build the raw demo corpus once; the builder is deterministic, so a rebuild is a no-op.
+
+    Raises :class:`DemoCorpusError` (before writing anything) when a demo source folder under
+    ``raw/`` holds files the builder did not write, e.g. the user's own ``raw/code``.
+    """
     marker = layout.raw / ".complete"
     if marker.exists():
         return
@@ -47,18 +52,25 @@ def main(argv: list[str] | None = None) -> int:
     layout = Layout.from_env()
     _prepare_environment(layout)
     t0 = time.time()
-    ensure_demo_corpus(layout)
+    try:
+        ensure_demo_corpus(layout)
+    except DemoCorpusError as exc:
+        print(f"make demo: {exc}", file=sys.stderr)
+        return 2
     print(f"demo corpus: {layout.raw} ({time.time() - t0:.1f}s)")
 
     from assets.partitions import shard_partitions
     from cli.materialize import materialize_stale
     from definitions import build
-    from jobs.sensors import shard_requests
+    from jobs.sensors import discover_shards
 
     defs = build()
     exp = load_experiment()
     instance = DagsterInstance.get()
-    for source, keys in shard_requests(exp, layout, instance).items():
+    found = discover_shards(exp, layout, instance)
+    for problem in found.errors + [f"skipped {name}" for name in found.skipped]:
+        print(f"warning: {problem}", file=sys.stderr)
+    for source, keys in found.new.items():
         instance.add_dynamic_partitions(shard_partitions(source).name, keys)
         print(f"added {len(keys)} shard partitions for source {source}")
     reports = materialize_stale(defs, instance)

@@ -58,9 +58,9 @@ def atomic_dir(final: Path) -> Iterator[Path]:
         yield tmp
         os.chmod(tmp, 0o777 & ~_umask())
         if final.exists():
-            old = final.with_name(f".{final.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(final, old)
+            # a fresh name: a fixed ".old" sibling could be something this never wrote
+            old = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".old", dir=final.parent))
+            os.replace(final, old)  # onto the empty folder just made
             os.replace(tmp, final)
             shutil.rmtree(old, ignore_errors=True)
         else:
