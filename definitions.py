@@ -16,7 +16,7 @@ from resources import environments
 
 def build(experiments: Path | None = None, home: Path | None = None) -> dg.Definitions:
     """Definitions of the declared experiment, with the resources of ``$CORPUSLAB_ENV``."""
-    exp = load_experiment(experiments)
+    exp = load_experiment(experiments, home)
     domains = [m.defs(exp) for m in (corpus, pool, mixture, training, evaluation)]
     return dg.Definitions.merge(
         *domains,

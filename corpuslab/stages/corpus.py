@@ -32,7 +32,7 @@ def source_fs(
 ) -> tuple[pafs.FileSystem, str]:
     """The filesystem and path of a source: local, or S3 with the resource's and YAML settings."""
     decl = exp.sources[source]
-    return open_fs(decl.resolve(layout), **{**(storage or {}), **decl.storage})
+    return open_fs(decl.resolve(layout), **{**(storage or {}), **decl.storage_options()})
 
 
 def source_shards(

@@ -68,7 +68,7 @@ def _spec(
         out_dir=out_dir,
         model=dims,
         train=decl.train,
-        deepspeed_config=decl.deepspeed_path(),
+        deepspeed_config=decl.deepspeed_path(layout.home),
         deepspeed_overrides=decl.deepspeed_overrides,
         init_from=init_from,
         doremi=doremi,
