@@ -7,8 +7,6 @@ keeps them); the trainer fills them from :func:`~corpuslab.training.runspec.batc
 from __future__ import annotations
 
 import copy
-import os
-import socket
 from typing import Any
 
 from corpuslab.training.runspec import RunSpec, batch_layout
@@ -162,15 +160,13 @@ def fill_deepspeed_config(template: dict, spec: RunSpec, world_size: int = 1) ->
 
 
 def ensure_distributed_env() -> None:
-    """Let a plain ``python`` process train as a world of one (torchrun sets these itself)."""
-    if "RANK" in os.environ:
-        return
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    os.environ.update(
-        RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)
-    )
+    """Let a plain ``python`` process train as a world of one (a launcher sets these itself).
+
+    Its rendezvous store listens on 127.0.0.1 only (see :mod:`corpuslab.training.launch`).
+    """
+    from corpuslab.training.launch import local_world_of_one
+
+    local_world_of_one()
 
 
 def skip_cpu_shm_comm_build() -> None:
