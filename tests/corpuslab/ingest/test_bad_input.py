@@ -200,3 +200,26 @@ def test_file_names_that_are_not_utf8_are_skipped_and_reported(tmp_path: Path) -
         f"{tmp_path}/sub\\xff (name is not valid UTF-8)",
     ]
     assert list(list_shards(tmp_path)) == ["good"]  # without a collector: still listable
+
+
+def test_a_warc_cut_anywhere_keeps_every_record_before_the_cut(tmp_path: Path) -> None:
+    """Cut a gzip WARC (a member per record) at every member and inside headers and members:
+    flagged ``truncated_stream``, never ``empty_file``, conserved, the earlier pages kept."""
+    from tests.corpuslab.ingest.test_warc import _gzip_members, topic_responses, write_warc
+
+    pages = topic_responses()
+    data = write_warc(tmp_path / "crawl.warc.gz", pages).read_bytes()
+    members = _gzip_members(data)
+    cuts = sorted({m + k for m in members[1:] for k in (-1, 3, 12, 60)} | {5, len(data) - 2})
+    for cut in cuts:
+        path = tmp_path / "cut.warc.gz"
+        path.write_bytes(data[:cut])
+        res = read_raw_shard(path, "web")
+        reasons = [q["reason"].split(":")[0] for q in res.quarantined]
+        assert reasons and set(reasons) <= {"truncated_stream"}, (cut, reasons)
+        ends = [*members[1:], len(data)]  # a member ends where the next one starts
+        # a response is whole once its member is, but for the 8-byte CRC/size trailer
+        complete = sum(1 for i in range(2, len(members), 2) if ends[i] - 8 <= cut)
+        urls = res.table.column("url").to_pylist()
+        assert urls == [p.url for p in pages[:complete]], cut
+        assert _conserved(path, res), cut
