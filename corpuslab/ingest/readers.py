@@ -341,23 +341,22 @@ def _read_jsonl(out: _Shard, fs: pafs.FileSystem, path: str, file: str) -> None:
         stream = Decompressed(raw_stream, codec_for(path))
         cut_flagged = False
         for line in iter_lines(iter(stream)):
-            raw = line.data.decode("utf-8", "replace")
             if line.oversize:
                 reason = (
                     f"record_too_large: line of {line.oversize} bytes (at most {MAX_LINE_BYTES})"
                 )
-                out.set_aside(file, line.number, reason, raw)
+                out.set_aside(file, line.number, reason, line.data.decode("utf-8", "replace"))
                 continue
             if not line.data.strip():
                 continue
             cut = not line.terminated and stream.end is not None and not stream.end.complete
             try:
-                text = line.data.decode("utf-8")
+                raw = line.data.decode("utf-8")
             except UnicodeDecodeError as exc:
                 problem: str | None = f"invalid_utf8: {exc}"
+                raw = line.data.decode("utf-8", "replace")
             else:
-                record, problem = _parse_json(text)
-                raw = text
+                record, problem = _parse_json(raw)
             if problem is not None:
                 if cut:  # the stream ends inside this line: that, not its syntax, is the news
                     assert stream.end is not None

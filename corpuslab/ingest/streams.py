@@ -23,7 +23,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import BinaryIO, Literal
 
-READ_CHUNK = 1 << 16  # compressed bytes read at a time
+READ_CHUNK = 1 << 16  # raw bytes read at a time (storage buffers 4 MiB ahead)
 MAX_OUT = 1 << 20  # gzip: decompressed bytes handed out per call (bounds a decompression bomb)
 ZSTD_FEED = 1 << 13  # zstd: compressed bytes fed per call (zstd expands at most ~32,000x)
 MAX_LINE_BYTES = 1 << 28  # 256 MiB: a longer line is set aside without being held in memory
@@ -235,10 +235,10 @@ def iter_lines(chunks: Iterator[bytes], max_bytes: int = MAX_LINE_BYTES) -> Iter
     for chunk in _without_bom(iter(chunks)):
         if carry_cr and chunk[:1] == b"\n":
             chunk = chunk[1:]  # the \r that ended the last line was half of a \r\n
-        carry_cr = False
-        start = 0
-        for m in _EOL.finditer(chunk):
-            piece = chunk[start : m.start()]
+        # split in C: on LF alone unless the chunk holds a CR (then CRLF, CR and LF)
+        pieces = _EOL.split(chunk) if b"\r" in chunk else chunk.split(b"\n")
+        carry_cr = chunk.endswith(b"\r")
+        for piece in pieces[:-1]:
             number += 1
             if oversize or size + len(piece) > max_bytes:
                 head = b"".join([*pending, piece[:4096]])[:4096]
@@ -246,19 +246,17 @@ def iter_lines(chunks: Iterator[bytes], max_bytes: int = MAX_LINE_BYTES) -> Iter
             else:
                 yield Line(number, b"".join([*pending, piece]) if pending else piece)
             pending, size, oversize = [], 0, 0
-            start = m.end()
-        if start < len(chunk):
-            rest = chunk[start:]
-            if oversize:
-                oversize += len(rest)
-            elif size + len(rest) > max_bytes:
-                oversize = size + len(rest)
-                pending = [b"".join([*pending, rest])[:4096]]
-            else:
-                pending.append(rest)
-                size += len(rest)
-        elif chunk.endswith(b"\r"):
-            carry_cr = True
+        rest = pieces[-1]
+        if not rest:
+            continue
+        if oversize:
+            oversize += len(rest)
+        elif size + len(rest) > max_bytes:
+            oversize = size + len(rest)
+            pending = [b"".join([*pending, rest])[:4096]]
+        else:
+            pending.append(rest)
+            size += len(rest)
     if pending or oversize:
         number += 1
         yield Line(number, b"".join(pending), terminated=False, oversize=oversize)
