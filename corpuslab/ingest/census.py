@@ -309,19 +309,19 @@ def count_records(path: Location, *, fs: pafs.FileSystem | None = None) -> Censu
     """Count the record units of one raw shard (file or text folder) in a pass of its own."""
     from corpuslab.ingest.readers import PARQUET_SUFFIXES, TEXT_SUFFIXES, WARC_SUFFIXES
 
-    fs, p = storage.resolve(path, fs)
-    if storage.path_type(fs, p) == "dir":
-        n = len(storage.list_files(fs, p, TEXT_SUFFIXES, recursive=False))
+    filesystem, p = storage.resolve(path, fs)
+    if storage.path_type(filesystem, p) == "dir":
+        n = len(storage.list_files(filesystem, p, TEXT_SUFFIXES, recursive=False))
         return Census("file", n)
     if p.endswith(TEXT_SUFFIXES):
         return Census("file", 1)
     if p.endswith(PARQUET_SUFFIXES):
-        if storage.file_size(fs, p) == 0:
+        if storage.file_size(filesystem, p) == 0:
             return Census("row", 0)
         import pyarrow.parquet as pq
 
         try:
-            with fs.open_input_file(p) as fh:
+            with filesystem.open_input_file(p) as fh:
                 meta = pq.read_metadata(fh)
         except Exception as exc:  # any footer damage: uncountable
             return Census("row", None, "corrupt", f"{type(exc).__name__}: {exc}")
@@ -331,7 +331,7 @@ def count_records(path: Location, *, fs: pafs.FileSystem | None = None) -> Censu
             return Census("row", meta.num_rows, "corrupt", detail)
         return Census("row", meta.num_rows)
     state: dict[str, str] = {}
-    with storage.open_input(fs, p) as raw:
+    with storage.open_input(filesystem, p) as raw:
         if p.endswith(WARC_SUFFIXES):
             n = _count_warc(_sniffed(raw, state), state)
             unit: Literal["line", "record"] = "record"

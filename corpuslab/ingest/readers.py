@@ -468,9 +468,9 @@ def _read_warc(out: _Shard, fs: pafs.FileSystem, path: str, file: str) -> None:
             if rec.skipped is not None:
                 out.skipped[rec.skipped] += 1
                 continue
-            where = {"offset": rec.offset}
             if rec.text is None:
-                out.set_aside(file, rec.number, rec.reason or "", rec.raw, rec.scope, **where)
+                reason = rec.reason or ""
+                out.set_aside(file, rec.number, reason, rec.raw, rec.scope, offset=rec.offset)
                 continue
             row = {
                 "id": rec.record_id or f"{out.source}/{out.shard}/{rec.number}",
@@ -481,9 +481,9 @@ def _read_warc(out: _Shard, fs: pafs.FileSystem, path: str, file: str) -> None:
             }
             problem = _unicode_error(row)
             if problem is not None:
-                out.set_aside(file, rec.number, problem, rec.raw, **where)
+                out.set_aside(file, rec.number, problem, rec.raw, offset=rec.offset)
                 continue
-            out.add(row, file, rec.number, rec.raw, **where)
+            out.add(row, file, rec.number, rec.raw, offset=rec.offset)
 
 
 def read_raw_shard(

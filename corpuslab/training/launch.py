@@ -39,7 +39,7 @@ def loopback_store(world_size: int) -> tuple[Any, int]:
     sock.bind((LOOPBACK, 0))
     sock.listen(128)
     port = sock.getsockname()[1]
-    store = dist.TCPStore(
+    store = dist.TCPStore(  # pyright: ignore[reportPrivateImportUsage]
         LOOPBACK,
         port,
         world_size,
@@ -134,7 +134,7 @@ def launch(nproc: int, command: list[str]) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description="Run a script as N local ranks (loopback).")
     parser.add_argument("--nproc-per-node", "--nproc_per_node", type=int, default=1)
     parser.add_argument("script", help="the Python script every rank runs")
     parser.add_argument("args", nargs=argparse.REMAINDER, help="the script's arguments")
