@@ -24,7 +24,7 @@ def build(
     Every asset carries the automation condition of ``jobs.automation``; ``now`` makes them all
     eager (what ``corpuslab materialize`` evaluates).
     """
-    exp = load_experiment(experiments)
+    exp = load_experiment(experiments, home)
     with automation.eager_everywhere() if now else contextlib.nullcontext():
         domains = [m.defs(exp) for m in (corpus, pool, mixture, training, evaluation)]
         stats_defs = stats.defs(*domains)

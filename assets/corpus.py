@@ -38,7 +38,10 @@ def corpus_asset(exp: Experiment, source: str) -> dg.AssetsDefinition:
                 f"{summary['quarantined']} malformed records set aside: "
                 f"{summary['quarantine_reasons']}"
             )
-        checks = [conservation(key, summary, "records", "documents", "quarantined")]
+        for flag in summary["file_flags"]:
+            context.log.warning(f"{summary['raw_file']}: {flag}")
+        counted = ("records", "accounted", "documents", "quarantined", "conservation")
+        checks = [conservation(key, summary, *counted)]
         return result(key, summary, checks)
 
     return _corpus

@@ -52,15 +52,18 @@ def _progress_to_terminal() -> None:
 
 
 def add_new_shards(layout: Layout, instance: Any) -> dict[str, list[str]]:
-    """Register a shard partition per raw file not yet known (what the shard sensor does)."""
+    """Register a shard partition per raw file not yet known (what the shard sensor does);
+    sources that cannot be listed and files that cannot be shards are reported, not hidden."""
     from assets.partitions import shard_partitions
-    from jobs.sensors import shard_requests
+    from jobs.sensors import discover_shards
 
-    new = shard_requests(load_experiment(), layout, instance)
-    for source, keys in new.items():
+    found = discover_shards(load_experiment(), layout, instance)
+    for problem in found.errors + [f"skipped {name}" for name in found.skipped]:
+        print(f"warning: {problem}", file=sys.stderr)
+    for source, keys in found.new.items():
         instance.add_dynamic_partitions(shard_partitions(source).name, keys)
         print(f"added {len(keys)} shard partition(s) for source {source}")
-    return new
+    return found.new
 
 
 def cmd_materialize(args: argparse.Namespace) -> int:
@@ -133,14 +136,18 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from corpuslab.ingest.democorpus import build_demo_corpus
+    from corpuslab.ingest.democorpus import DemoCorpusError, build_demo_corpus
 
     layout = Layout.from_env()
     prepare_environment(layout)
     t0 = time.time()
     marker = layout.raw / ".complete"
     if not marker.exists():  # the builder is deterministic: once per home
-        shards = build_demo_corpus(layout.raw)
+        try:  # it refuses (before writing) a demo source folder holding files it did not write
+            shards = build_demo_corpus(layout.raw)
+        except DemoCorpusError as exc:
+            print(f"corpuslab demo: {exc}", file=sys.stderr)
+            return 2
         marker.write_text(json.dumps({s: [p.name for p in ps] for s, ps in shards.items()}))
     print(f"demo corpus: {layout.raw} ({time.time() - t0:.1f}s)")
     cmd_materialize(args)

@@ -3,18 +3,40 @@
 Every ``*.yaml`` file in the folder may declare any of ``sources``, ``recipes``, ``mixtures`` and
 ``runs``; names are global across files. A bad declaration fails at load time with the file,
 the key path and the allowed values, before Dagster ever builds an asset.
+
+YAML is read strictly (:func:`read_yaml`): a key repeated in one mapping is an error, not a
+silent overwrite; alias expansion is bounded (:data:`MAX_YAML_NODES`) so a "billion laughs"
+file fails at once; nesting deeper than :data:`MAX_YAML_DEPTH` and bytes that are not UTF-8
+are clear errors.
+
+Paths (:func:`resolve_path`, the README's "Paths in declarations"): ``~`` and ``$VAR`` /
+``${VAR}`` are expanded (an undefined variable is an error); an absolute path is used as is;
+a relative path is under the one base folder, ``$CORPUSLAB_HOME``, and may use ``..`` only
+while it stays inside it. Source ``path`` may also be an ``s3://`` URL; ``deepspeed`` is a
+bare name of ``infra/deepspeed/<name>.json`` or a path to a ``.json`` file.
 """
 
 from __future__ import annotations
 
+import json
+import logging
 import os
+import re
 import types
 import typing
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    Field,
+    StrictBool,
+    StrictInt,
+    StrictStr,
+    ValidationError,
+    model_validator,
+)
 
 from corpuslab.dedup import DedupParams
 from corpuslab.filters import STEPS, StepError, parse_step
@@ -23,16 +45,77 @@ from corpuslab.layout import Layout
 from corpuslab.lmdata.tokenize import EOS
 from corpuslab.quality import QualityParams
 from corpuslab.strict import Strict
-from corpuslab.training.runspec import GroupDROParams, Inherit, ModelSpec, TrainConfig
+from corpuslab.training.runspec import SCALES, GroupDROParams, Inherit, ModelSpec, TrainConfig
+
+log = logging.getLogger(__name__)
 
 EXPERIMENTS_ENV = "CORPUSLAB_EXPERIMENTS"
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEEPSPEED_DIR = REPO_ROOT / "infra" / "deepspeed"
 SECTIONS = ("sources", "recipes", "mixtures", "runs")
+MAX_YAML_NODES = 100_000  # nodes of a file with every alias expanded: declarations hold hundreds
+MAX_YAML_DEPTH = 64  # nesting levels; declarations use fewer than ten
+_VAR = re.compile(r"\$(\w+)|\$\{([^}]*)\}")
 
 
 class DeclarationError(ValueError):
     """A declaration that cannot be used; the message names the file and the key."""
+
+
+def expand_vars(value: str) -> str:
+    """``~`` and ``$VAR`` / ``${VAR}`` expanded; an undefined variable is a ``ValueError``."""
+    missing = sorted({a or b for a, b in _VAR.findall(value) if (a or b) not in os.environ})
+    if missing:
+        raise ValueError(f"undefined environment variable(s) {', '.join(missing)} in {value!r}")
+    return os.path.expanduser(os.path.expandvars(value))
+
+
+def resolve_path(value: str, base: Path) -> Path:
+    """A declared local path under the path policy: absolute as is, relative under ``base``.
+
+    A relative path may use ``..`` only while it stays inside ``base``: to point elsewhere,
+    write an absolute path or start it with a ``$VAR``.
+    """
+    if "\x00" in value:
+        raise ValueError("a path cannot hold a NUL character")
+    expanded = Path(expand_vars(value))
+    if expanded.is_absolute():
+        return Path(os.path.normpath(expanded))
+    base = Path(os.path.normpath(base.absolute()))
+    full = Path(os.path.normpath(base / expanded))
+    if not full.is_relative_to(base):
+        raise ValueError(
+            f"relative path {value!r} leaves the base folder {base} (relative paths are under "
+            "$CORPUSLAB_HOME); use an absolute path or a $VAR to point elsewhere"
+        )
+    return full
+
+
+def default_home() -> Path:
+    """The base folder of relative paths: ``$CORPUSLAB_HOME`` (see :mod:`corpuslab.layout`)."""
+    return Layout.from_env().home
+
+
+class SourceStorage(Strict):
+    """Per-source S3 settings, strictly typed (``anonymous: 'false'`` is an error, not true)."""
+
+    endpoint_url: StrictStr | None = None
+    region: StrictStr | None = None
+    anonymous: StrictBool = False
+    max_attempts: StrictInt = Field(3, ge=1)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_secrets(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            secret = sorted(k for k in data if isinstance(k, str) and k not in cls.model_fields)
+            if secret:
+                raise ValueError(
+                    f"unknown key(s) {', '.join(secret)}; allowed: "
+                    f"{', '.join(sorted(cls.model_fields))} (credentials come from the "
+                    "environment or the storage resource, never from YAML)"
+                )
+        return data
 
 
 class SourceDecl(Strict):
@@ -40,33 +123,34 @@ class SourceDecl(Strict):
 
     ``format``: ``auto`` (JSONL, Parquet, WARC by suffix), ``jsonl``, ``parquet``, ``warc``
     (HTML responses, main text extracted) or ``text`` (a shard per folder, a document per file).
-    ``storage`` holds per-source S3 settings (``endpoint_url``, ``region``, ``anonymous``);
-    credentials come from the environment or the storage resource, never from YAML.
+    ``storage`` holds per-source S3 settings (``endpoint_url``, ``region``, ``anonymous``,
+    ``max_attempts``); credentials come from the environment or the storage resource, never
+    from YAML.
     """
 
     path: str
     format: Literal["auto", "jsonl", "parquet", "warc", "text"] = "auto"
     description: str = ""
-    storage: dict[str, str | bool | int] = Field(default_factory=dict)
+    storage: SourceStorage = SourceStorage()
 
     @model_validator(mode="after")
-    def _no_secrets(self) -> SourceDecl:
-        allowed = {"endpoint_url", "region", "anonymous", "max_attempts"}
-        unknown = sorted(set(self.storage) - allowed)
-        if unknown:
-            raise ValueError(
-                f"storage: unknown key(s) {', '.join(unknown)}; "
-                f"allowed: {', '.join(sorted(allowed))} "
-                "(credentials come from the environment or the storage resource)"
-            )
+    def _url_or_path(self) -> SourceDecl:
+        if "://" in self.path and not is_url(self.path):
+            scheme = self.path.split("://", 1)[0]
+            raise ValueError(f"path: unsupported scheme {scheme!r}; use s3:// or a local path")
+        if self.storage.model_fields_set and not is_url(self.path):
+            raise ValueError("storage settings only apply to an s3:// path")
         return self
+
+    def storage_options(self) -> dict[str, Any]:
+        """The S3 options this declaration sets (they override the storage resource's)."""
+        return self.storage.model_dump(exclude_unset=True)
 
     def resolve(self, layout: Layout) -> str:
         """The source's location: an ``s3://`` URL as declared, else an absolute local path."""
         if is_url(self.path):
             return self.path
-        p = Path(os.path.expandvars(os.path.expanduser(self.path)))
-        return str(p if p.is_absolute() else layout.home / p)
+        return str(resolve_path(self.path, layout.home))
 
 
 class RecipeDecl(Strict):
@@ -100,9 +184,10 @@ class RecipeDecl(Strict):
 class TokenizerDecl(Strict):
     """The mixture's tokenizer: a byte-level BPE trained on its text, a file, or another's.
 
-    ``file`` points to a Hugging Face ``tokenizer.json`` (relative paths: under the experiments
-    folder) used as is; ``mixture`` shares another mixture's tokenizer asset (same recipe and
-    held-out split, so the tokenizer never saw either mixture's held-out documents). Otherwise
+    ``file`` points to a Hugging Face ``tokenizer.json`` (relative paths: under
+    ``$CORPUSLAB_HOME``) used as is; ``mixture`` shares another mixture's tokenizer asset (same
+    recipe and held-out split, so the tokenizer never saw either mixture's held-out documents).
+    Otherwise
     a BPE with ``vocab_size`` is trained on up to ``train_bytes`` of the training documents.
     ``eos_token`` separates documents in the training stream and must be in the vocabulary.
     """
@@ -127,19 +212,24 @@ class TokenizerDecl(Strict):
             )
         return self
 
-    def resolve_file(self, root: Path) -> Path | None:
-        """The declared tokenizer file as an absolute path (None: not a file tokenizer)."""
+    def resolve_file(self, home: Path) -> Path | None:
+        """The declared tokenizer file as an absolute path (None: not a file tokenizer).
+
+        Relative paths are under ``home`` (``$CORPUSLAB_HOME``), as every declared path is.
+        """
         if not self.file:
             return None
-        p = Path(os.path.expandvars(os.path.expanduser(self.file)))
-        return p if p.is_absolute() else (root / p).resolve()
+        return resolve_path(self.file, home)
 
 
 class TrainingDecl(Strict):
     """What any training declares: a model, a DeepSpeed config, ranks and optimization.
 
-    ``deepspeed`` names ``infra/deepspeed/<name>.json`` or a path, and ``deepspeed_overrides``
-    is deep-merged into it; ``train`` is :class:`corpuslab.training.runspec.TrainConfig`.
+    ``deepspeed`` names ``infra/deepspeed/<name>.json`` or a path to a ``.json`` file
+    (relative: under ``$CORPUSLAB_HOME``), and ``deepspeed_overrides`` is deep-merged into it;
+    its keys are checked at load against the base file's keys plus DeepSpeed's documented keys
+    (:data:`corpuslab.training.deepspeed.DOCUMENTED_KEYS`); ``train`` is
+    :class:`corpuslab.training.runspec.TrainConfig`.
     """
 
     model: ModelSpec = ModelSpec(n_layer=2, n_head=4, d_model=128)
@@ -148,8 +238,16 @@ class TrainingDecl(Strict):
     ranks: int = Field(1, ge=1)
     train: TrainConfig = TrainConfig(steps=100)
 
-    def deepspeed_path(self) -> Path:
-        return _deepspeed_path(self.deepspeed)
+    @model_validator(mode="after")
+    def _finite_overrides(self) -> TrainingDecl:
+        bad = _non_finite(self.deepspeed_overrides, "deepspeed_overrides")
+        if bad:
+            raise ValueError(f"{bad}: NaN and infinity are not allowed")
+        return self
+
+    def deepspeed_path(self, home: Path | None = None) -> Path:
+        """The DeepSpeed JSON: ``infra/deepspeed/<name>.json``, or a path under the policy."""
+        return _deepspeed_path(self.deepspeed, home)
 
 
 class DoReMiDecl(TrainingDecl, GroupDROParams):
@@ -242,18 +340,32 @@ class RunDecl(TrainingDecl):
     eval: EvalDecl = EvalDecl()
 
 
-def _deepspeed_path(name: str) -> Path:
-    """``infra/deepspeed/<name>.json`` for a bare name, else the path (relative: to the repo)."""
-    p = Path(name)
-    if p.suffix != ".json":
-        p = DEEPSPEED_DIR / f"{name}.json"
-    return p if p.is_absolute() else REPO_ROOT / p
+def _non_finite(node: Any, where: str) -> str | None:
+    """The key path of the first NaN or infinity in a JSON-like tree, or None."""
+    stack = [(node, where)]
+    while stack:
+        value, path = stack.pop()
+        if isinstance(value, float) and (value != value or value in (float("inf"), -float("inf"))):
+            return path
+        if isinstance(value, dict):
+            stack.extend((v, f"{path}.{k}") for k, v in value.items())
+        elif isinstance(value, list | tuple):
+            stack.extend((v, f"{path}[{i}]") for i, v in enumerate(value))
+    return None
+
+
+def _deepspeed_path(name: str, home: Path | None = None) -> Path:
+    """``infra/deepspeed/<name>.json`` for a bare name, else the path (relative: under home)."""
+    if not name.endswith(".json") and "/" not in name:
+        return DEEPSPEED_DIR / f"{name}.json"
+    return resolve_path(name, home or default_home())
 
 
 class Experiment(Strict):
     """All declarations, cross-checked, with the file each one came from."""
 
     root: Path
+    home: Path = Field(default_factory=default_home)  # the base of relative paths
     sources: dict[str, SourceDecl] = Field(default_factory=dict)
     recipes: dict[str, RecipeDecl] = Field(default_factory=dict)
     mixtures: dict[str, MixtureDecl] = Field(default_factory=dict)
@@ -336,9 +448,115 @@ def _format_validation(file: Path, section: str, name: str, exc: ValidationError
     return "\n".join(lines)
 
 
-def load_experiment(root: Path | None = None) -> Experiment:
-    """Load and cross-check every declaration under ``root`` (default: ``experiments/``)."""
+class _StrictLoader(yaml.CSafeLoader if yaml.__with_libyaml__ else yaml.SafeLoader):  # type: ignore[misc, name-defined]
+    """PyYAML's safe loader (libyaml when built with it); :func:`read_yaml` adds the checks."""
+
+
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    if isinstance(node, yaml.MappingNode):
+        return [n for pair in node.value for n in pair]
+    return []
+
+
+def _expanded_size(root: yaml.Node, limit: int) -> int:
+    """Nodes in the document with every alias expanded (capped at ``limit + 1``).
+
+    Aliases make the composed graph share nodes, so the count is memoized per node: linear in
+    the file, however large the expansion. A recursive alias raises ``ValueError``.
+    """
+    size: dict[int, int] = {}
+    visiting: set[int] = set()
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, done = stack.pop()
+        key = id(node)
+        if done:
+            visiting.discard(key)
+            size[key] = min(limit + 1, 1 + sum(size[id(c)] for c in _children(node)))
+            continue
+        if key in size:
+            continue
+        if key in visiting:
+            raise ValueError("an alias refers to a node that contains it (a recursive alias)")
+        visiting.add(key)
+        stack.append((node, True))
+        stack.extend((c, False) for c in _children(node) if id(c) not in size)
+    return size[id(root)]
+
+
+def _check_nodes(root: yaml.Node, file: Path) -> None:
+    """Repeated keys (a silent overwrite in YAML) and excessive nesting, with their key paths."""
+    stack: list[tuple[yaml.Node, str, int]] = [(root, "", 0)]
+    while stack:
+        node, path, depth = stack.pop()
+        if depth > MAX_YAML_DEPTH:
+            raise DeclarationError(
+                f"{file}: {path or '(top level)'}: nested deeper than {MAX_YAML_DEPTH} levels"
+            )
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[str, int] = {}
+            for knode, vnode in node.value:
+                if knode.tag == "tag:yaml.org,2002:merge":
+                    stack.append((vnode, path, depth + 1))
+                    continue
+                name = str(knode.value) if isinstance(knode, yaml.ScalarNode) else "(complex key)"
+                where = f"{path}.{name}" if path else name
+                line = knode.start_mark.line + 1
+                if name in seen:
+                    raise DeclarationError(
+                        f"{file}: {where}: duplicate key at line {line} (first at line "
+                        f"{seen[name]}); YAML would silently keep only the last one"
+                    )
+                seen[name] = line
+                stack.append((vnode, where, depth + 1))
+        elif isinstance(node, yaml.SequenceNode):
+            stack.extend((c, f"{path}[{i}]", depth + 1) for i, c in enumerate(node.value))
+
+
+def read_yaml(file: Path) -> Any:
+    """One declaration file, strictly: UTF-8, one document, no repeated keys, bounded size."""
+    try:
+        text = file.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise DeclarationError(
+            f"{file}: not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset {exc.start}); "
+            "save the file as UTF-8"
+        ) from None
+    except OSError as exc:
+        raise DeclarationError(f"{file}: cannot be read: {exc.strerror or exc}") from None
+    loader = _StrictLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        try:
+            size = _expanded_size(node, MAX_YAML_NODES)
+        except ValueError as exc:
+            raise DeclarationError(f"{file}: {exc}") from None
+        if size > MAX_YAML_NODES:
+            raise DeclarationError(
+                f"{file}: expands to more than {MAX_YAML_NODES:,} YAML nodes once its aliases "
+                "are followed (an alias bomb?); declarations are far smaller"
+            )
+        _check_nodes(node, file)
+        return loader.construct_document(node)
+    except yaml.YAMLError as exc:
+        raise DeclarationError(f"{file}: not valid YAML: {exc}") from None
+    except RecursionError:  # the pure-Python parser on deep nesting (libyaml stops at 1000)
+        raise DeclarationError(f"{file}: nested too deeply to parse") from None
+    finally:
+        loader.dispose()
+
+
+def load_experiment(root: Path | None = None, home: Path | None = None) -> Experiment:
+    """Load and cross-check every declaration under ``root`` (default: ``experiments/``).
+
+    ``home`` is the base folder of relative paths (default: ``$CORPUSLAB_HOME``).
+    """
     root = (root or default_experiments_dir()).resolve()
+    home = (home or default_home()).absolute()
     if not root.is_dir():
         raise DeclarationError(f"{root}: experiments folder does not exist")
     files = sorted(root.glob("*.yaml")) + sorted(root.glob("*.yml"))
@@ -347,10 +565,7 @@ def load_experiment(root: Path | None = None) -> Experiment:
     parsed: dict[str, dict[str, Any]] = {s: {} for s in SECTIONS}
     origin: dict[str, str] = {}
     for file in files:
-        try:
-            doc = yaml.safe_load(file.read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as exc:
-            raise DeclarationError(f"{file}: not valid YAML: {exc}") from None
+        doc = read_yaml(file) or {}
         if not isinstance(doc, dict):
             raise DeclarationError(f"{file}: top level must be a mapping of {', '.join(SECTIONS)}")
         for section, entries in doc.items():
@@ -375,7 +590,7 @@ def load_experiment(root: Path | None = None) -> Experiment:
                 except ValidationError as exc:
                     raise DeclarationError(_format_validation(file, section, name, exc)) from None
                 origin[f"{section}.{name}"] = str(file)
-    exp = Experiment(root=root, origin=origin, **parsed)
+    exp = Experiment(root=root, home=home, origin=origin, **parsed)
     _cross_check(exp)
     return exp
 
@@ -387,8 +602,81 @@ def _ref_error(exp: Experiment, section: str, name: str, key: str, value: str, p
     )
 
 
+def _check_paths(exp: Experiment) -> None:
+    """Every declared path under the path policy; local source folders looked at."""
+    for name, src in exp.sources.items():
+        where = f"{exp.where('sources', name)}: sources.{name}.path"
+        if is_url(src.path):
+            continue
+        try:
+            folder = resolve_path(src.path, exp.home)
+        except ValueError as exc:
+            raise DeclarationError(f"{where}: {exc}") from None
+        if not folder.exists():
+            if folder.is_symlink():
+                raise DeclarationError(f"{where}: {folder} is a broken symbolic link")
+            # the demo and ingestion create raw folders after the declarations load: the
+            # corpus asset and the shard sensor report a folder that is still missing
+            log.warning("%s: %s does not exist yet", where, folder)
+        elif not folder.is_dir():
+            raise DeclarationError(f"{where}: {folder} is a file, not a folder of shards")
+        elif not os.access(folder, os.R_OK | os.X_OK):
+            raise DeclarationError(f"{where}: {folder} is not readable")
+    for name, mix in exp.mixtures.items():
+        if mix.tokenizer.file:
+            try:
+                mix.tokenizer.resolve_file(exp.home)
+            except ValueError as exc:
+                where = exp.where("mixtures", name)
+                raise DeclarationError(f"{where}: mixtures.{name}.tokenizer.file: {exc}") from None
+
+
+def _model_dims(spec: ModelSpec) -> tuple[int, int, int, bool]:
+    """(n_layer, n_head, d_model, bias) of a declared model."""
+    if spec.scale is not None:
+        s = SCALES[spec.scale]
+        return s.n_layer, s.n_head, s.d_model, spec.bias
+    assert spec.n_layer and spec.n_head and spec.d_model  # checked by ModelSpec
+    return spec.n_layer, spec.n_head, spec.d_model, spec.bias
+
+
+def _check_inheritance(exp: Experiment) -> None:
+    """``init_from``: no cycles, a parent as wide as the child, enough layers to copy."""
+    for name, run in exp.runs.items():
+        if run.init_from is None:
+            continue
+        where = f"{exp.where('runs', name)}: runs.{name}.init_from"
+        chain = [name]
+        current: str | None = run.init_from.run
+        while current is not None:
+            if current in chain:
+                cycle = " -> ".join([*chain[chain.index(current) :], current])
+                raise DeclarationError(
+                    f"{where}.run: runs inherit from each other in a cycle ({cycle}); a run "
+                    "can only start from one that trains before it"
+                )
+            chain.append(current)
+            parent_init = exp.runs[current].init_from
+            current = parent_init.run if parent_init is not None else None
+        parent = run.init_from.run
+        p_layers, *p_shape = _model_dims(exp.runs[parent].model)
+        c_layers, *c_shape = _model_dims(run.model)
+        if p_shape != c_shape:
+            raise DeclarationError(
+                f"{where}.run: {parent!r} has (n_head, d_model, bias) {tuple(p_shape)}, "
+                f"{name!r} has {tuple(c_shape)}; inherited blocks need the same width"
+            )
+        layers = run.init_from.layers
+        if layers > min(p_layers, c_layers):
+            raise DeclarationError(
+                f"{where}.layers: {layers} exceeds the layers available: {parent!r} has "
+                f"n_layer {p_layers}, {name!r} has n_layer {c_layers}"
+            )
+
+
 def _cross_check(exp: Experiment) -> None:
     """Dangling references and missing files fail here, naming file, key and allowed values."""
+    _check_paths(exp)
     for name, recipe in exp.recipes.items():
         for i, src in enumerate(recipe.sources):
             if src not in exp.sources:
@@ -417,7 +705,7 @@ def _cross_check(exp: Experiment) -> None:
     for name, run in exp.runs.items():
         if run.mixture not in exp.mixtures:
             _ref_error(exp, "runs", name, "mixture", run.mixture, exp.mixtures)
-        _check_deepspeed(exp.where("runs", name), f"runs.{name}.deepspeed", run)
+        _check_deepspeed(exp.where("runs", name), f"runs.{name}.deepspeed", run, exp.home)
         if run.init_from is not None:
             parent = run.init_from.run
             if parent not in exp.runs or parent == name:
@@ -435,15 +723,35 @@ def _cross_check(exp: Experiment) -> None:
                     f"mixture {exp.runs[parent].mixture!r}, whose tokenizer differs from "
                     f"{run.mixture!r}'s; inherited embeddings need the same mixture"
                 )
+    _check_inheritance(exp)
 
 
-def _check_deepspeed(where: str, key: str, decl: TrainingDecl) -> None:
-    ds = decl.deepspeed_path()
+def _check_deepspeed(where: str, key: str, decl: TrainingDecl, home: Path) -> None:
+    """The DeepSpeed file exists and is a JSON object; the overrides name keys DeepSpeed knows."""
+    from corpuslab.training.deepspeed import unknown_override_keys
+
+    try:
+        ds = decl.deepspeed_path(home)
+    except ValueError as exc:
+        raise DeclarationError(f"{where}: {key}: {exc}") from None
     if not ds.is_file():
         known = sorted(p.stem for p in DEEPSPEED_DIR.glob("*.json"))
         raise DeclarationError(
             f"{where}: {key}: config file {ds} not found; "
             f"allowed: {', '.join(known)} or a path to a .json file"
+        )
+    try:
+        base = json.loads(ds.read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise DeclarationError(f"{where}: {key}: {ds} is not valid JSON: {exc}") from None
+    if not isinstance(base, dict):
+        raise DeclarationError(f"{where}: {key}: {ds} must hold a JSON object")
+    unknown = unknown_override_keys(base, decl.deepspeed_overrides)
+    if unknown:
+        overrides_key = key.rsplit(".", 1)[0] + ".deepspeed_overrides"
+        raise DeclarationError(
+            f"{where}: {overrides_key}: unknown DeepSpeed key(s) {'; '.join(unknown)} "
+            f"(checked against {ds.name}'s keys and DeepSpeed's documented keys)"
         )
 
 
@@ -456,11 +764,11 @@ def _check_tokenizer(exp: Experiment, name: str, mix: MixtureDecl) -> None:
     where = exp.where("mixtures", name)
     tdecl = mix.tokenizer
     if tdecl.file:
-        path = tdecl.resolve_file(exp.root)
+        path = tdecl.resolve_file(exp.home)
         if path is None or not path.is_file():
             raise DeclarationError(
                 f"{where}: mixtures.{name}.tokenizer.file: {path} is not a file "
-                "(relative paths are under the experiments folder)"
+                "(relative paths are under $CORPUSLAB_HOME)"
             )
     if tdecl.mixture:
         other = tdecl.mixture
@@ -487,4 +795,4 @@ def _check_doremi(exp: Experiment, name: str, decl: DoReMiDecl) -> None:
             f"{where}: mixtures.{name}.doremi.reference: {decl.reference!r} differs in "
             f"{', '.join(diffs)}; DoReMi's weights are over the same domains and held-out split"
         )
-    _check_deepspeed(where, f"mixtures.{name}.doremi.deepspeed", decl)
+    _check_deepspeed(where, f"mixtures.{name}.doremi.deepspeed", decl, exp.home)

@@ -17,6 +17,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -57,9 +58,9 @@ def atomic_dir(final: Path) -> Iterator[Path]:
         yield tmp
         os.chmod(tmp, 0o777 & ~_umask())
         if final.exists():
-            old = final.with_name(f".{final.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(final, old)
+            # a fresh name: a fixed ".old" sibling could be something this never wrote
+            old = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".old", dir=final.parent))
+            os.replace(final, old)  # onto the empty folder just made
             os.replace(tmp, final)
             shutil.rmtree(old, ignore_errors=True)
         else:
@@ -114,3 +115,23 @@ def write_jsonl(records: Iterable[dict[str, Any]], path: Path) -> None:
     with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as fh:
         for record in records:
             fh.write(json.dumps(record, ensure_ascii=False, default=str) + "\n")
+
+
+def pack_strings(strings: Iterable[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Strings as (UTF-8 bytes, int64 offsets) for an ``.npz`` without pickle.
+
+    numpy's own string arrays drop trailing NUL characters (``"a\\0"`` comes back as ``"a"``),
+    so two document ids that differ only there would collide in a cache.
+    """
+    encoded = [s.encode("utf-8") for s in strings]
+    offsets = np.zeros(len(encoded) + 1, dtype=np.int64)
+    np.cumsum([len(b) for b in encoded], out=offsets[1:])
+    return np.frombuffer(b"".join(encoded), dtype=np.uint8), offsets
+
+
+def unpack_strings(data: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    """The strings of :func:`pack_strings` as an object array (fancy indexing still works)."""
+    raw = data.tobytes()
+    out = np.empty(len(offsets) - 1, dtype=object)
+    out[:] = [raw[a:b].decode("utf-8") for a, b in zip(offsets[:-1], offsets[1:], strict=True)]
+    return out

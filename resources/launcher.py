@@ -13,6 +13,7 @@ import dagster as dg
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TRAIN_ENTRYPOINT = REPO_ROOT / "infra" / "entrypoints" / "train.py"
+LOCAL_LAUNCHER = REPO_ROOT / "corpuslab" / "training" / "launch.py"
 
 
 class TrainingLauncher(dg.ConfigurableResource):
@@ -31,15 +32,29 @@ class TrainingLauncher(dg.ConfigurableResource):
     python: str = sys.executable
 
     def command(self, ranks: int, spec_path: Path, python: str | None = None) -> list[str]:
-        """The launch command; ``--standalone`` lets parallel local runs pick free ports."""
-        entry = TRAIN_ENTRYPOINT if self.mode == "local" else "infra/entrypoints/train.py"
+        """The launch command for ``ranks`` processes on one machine.
+
+        Locally: :mod:`corpuslab.training.launch`, torchrun's worker environment with the
+        rendezvous store listening on 127.0.0.1 only (torchrun's listens on every interface)
+        on a free port, so parallel local runs never collide. In a pod: ``torchrun
+        --standalone``, whose store the pod's network policy confines.
+        """
+        if self.mode == "local":
+            return [
+                python or self.python,
+                str(LOCAL_LAUNCHER),
+                f"--nproc-per-node={ranks}",
+                str(TRAIN_ENTRYPOINT),
+                "--spec",
+                str(spec_path),
+            ]
         return [
             python or self.python,
             "-m",
             "torch.distributed.run",
             "--standalone",
             f"--nproc_per_node={ranks}",
-            str(entry),
+            "infra/entrypoints/train.py",
             "--spec",
             str(spec_path),
         ]

@@ -10,7 +10,7 @@ import numpy as np
 
 from corpuslab.dedup.minhash import compute_signatures
 from corpuslab.dedup.params import DedupParams
-from corpuslab.fileio import atomic_path
+from corpuslab.fileio import atomic_path, pack_strings, unpack_strings
 
 
 def save_signatures(
@@ -25,9 +25,11 @@ def save_signatures(
     if sigs.shape != (len(ids), params.num_perm):
         raise ValueError(f"signatures of shape {sigs.shape} for {len(ids)} ids")
     with atomic_path(Path(path)) as tmp, open(tmp, "wb") as fh:
+        id_bytes, id_offsets = pack_strings(ids)  # numpy's str arrays drop trailing NULs
         np.savez(
             fh,
-            ids=np.array(list(ids), dtype=np.str_),
+            id_bytes=id_bytes,
+            id_offsets=id_offsets,
             sigs=sigs.astype(np.uint32),  # every value is below 2^32: half the bytes
             fingerprint=np.array(params.signature_fingerprint()),
             key=np.array(key),
@@ -48,7 +50,7 @@ def load_signatures(
                 return None
             if key is not None and str(data["key"]) != key:
                 return None
-            ids = data["ids"].tolist()
+            ids = unpack_strings(data["id_bytes"], data["id_offsets"]).tolist()
             sigs = data["sigs"].astype(np.uint64)
     except (FileNotFoundError, KeyError, ValueError, OSError, zipfile.BadZipFile):
         return None

@@ -13,6 +13,12 @@ Four sources, each a folder of JSONL shards in a different format so every reade
 Inputs are sorted and capped samples are chosen by a hash of each document's id, so the same
 machine always yields byte-identical shards (gzip with mtime 0 and no file name; zstd has no
 timestamps).
+
+The builder never writes into a folder it did not create nor deletes what it did not write:
+each source folder it builds holds a manifest (:data:`MANIFEST`) naming every file it wrote
+with its digest, and a rebuild replaces a folder only when it holds exactly those files,
+unchanged. A ``CORPUSLAB_HOME`` whose ``raw/code`` is the user's own data therefore stops the
+build with a :class:`DemoCorpusError` naming the folder, before anything is written.
 """
 
 from __future__ import annotations
@@ -33,11 +39,13 @@ from typing import Any
 
 import zstandard
 
-from corpuslab.fileio import atomic_dir, atomic_path
+from corpuslab.fileio import atomic_dir, atomic_path, digest
 
 log = logging.getLogger(__name__)
 
 SOURCES = ("reference", "docstrings", "code", "packages")
+MANIFEST = ".corpuslab-demo.json"  # in each source folder: the files the builder wrote there
+MANIFEST_WRITER = "corpuslab.ingest.democorpus"
 SHARD_SUFFIX = {
     "reference": ".jsonl.gz",
     "docstrings": ".jsonl.gz",
@@ -299,6 +307,55 @@ _PRODUCERS: dict[str, Callable[[], Iterator[Record]]] = {
 }
 
 
+class DemoCorpusError(RuntimeError):
+    """A folder the demo corpus builder would write into holds something it did not write."""
+
+
+def _foreign(folder: Path) -> list[str]:
+    """What in ``folder`` the builder did not write (empty: a folder it may replace).
+
+    Its manifest must name exactly the files present, each with the digest it was written with.
+    """
+    manifest = folder / MANIFEST
+    present = sorted(p.name for p in folder.iterdir())
+    try:
+        written = json.loads(manifest.read_text(encoding="utf-8"))
+        files = dict(written["files"]) if written.get("writer") == MANIFEST_WRITER else None
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        files = None
+    if files is None:
+        return present or ["(an empty folder it did not create)"]
+    foreign = [name for name in present if name != MANIFEST and name not in files]
+    for name, expected in sorted(files.items()):
+        path = folder / name
+        if name in present and (not path.is_file() or digest(path) != expected):
+            foreign.append(f"{name} (changed since the demo wrote it)")
+    return foreign
+
+
+def check_demo_folders(out_dir: Path, sources: Iterable[str] = SOURCES) -> None:
+    """Raise :class:`DemoCorpusError` if any source folder holds what the builder did not write."""
+    for source in sources:
+        folder = Path(out_dir) / source
+        if not folder.exists():
+            continue
+        if not folder.is_dir():
+            raise DemoCorpusError(
+                f"{folder} is a file the demo corpus builder did not write; it will not touch "
+                "it. Set CORPUSLAB_HOME to another folder, or move it away."
+            )
+        foreign = _foreign(folder)
+        if foreign:
+            shown = ", ".join(foreign[:5]) + (
+                f" and {len(foreign) - 5} more" if len(foreign) > 5 else ""
+            )
+            raise DemoCorpusError(
+                f"{folder} holds files the demo corpus builder did not write ({shown}); it "
+                "will neither write into it nor delete them. Set CORPUSLAB_HOME to another "
+                "folder, or move the folder away."
+            )
+
+
 def build_demo_corpus(
     out_dir: Path,
     *,
@@ -310,15 +367,21 @@ def build_demo_corpus(
 
     ``max_docs_per_source`` caps each source (default: :data:`DEFAULT_MAX_DOCS`);
     ``docs_per_shard`` defaults to splitting each source into :data:`DEFAULT_SHARDS` shards.
-    Each source folder is swapped in whole, so a rebuild leaves no stale shards behind.
+    Each source folder is swapped in whole with its manifest, so a rebuild leaves no stale
+    shards behind; every folder is checked first (:func:`check_demo_folders`), so a foreign
+    one stops the build before anything is written. Files beside the source folders are
+    never touched.
     """
     if docs_per_shard is not None and docs_per_shard < 1:
         raise ValueError("docs_per_shard must be >= 1")
-    out_dir = Path(out_dir)
-    written: dict[str, list[Path]] = {}
+    sources = list(sources)
     for source in sources:
         if source not in _PRODUCERS:
             raise ValueError(f"unknown demo source {source!r}; choose from {SOURCES}")
+    out_dir = Path(out_dir)
+    check_demo_folders(out_dir, sources)
+    written: dict[str, list[Path]] = {}
+    for source in sources:
         cap = max_docs_per_source if max_docs_per_source is not None else DEFAULT_MAX_DOCS[source]
         records = take(_PRODUCERS[source](), cap)
         final = out_dir / source
@@ -328,6 +391,9 @@ def build_demo_corpus(
                 name = f"part-{i:05d}{SHARD_SUFFIX[source]}"
                 write_shard(chunk, tmp / name)
                 names.append(name)
+            manifest = {"writer": MANIFEST_WRITER, "files": {n: digest(tmp / n) for n in names}}
+            (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+            check_demo_folders(out_dir, [source])  # nobody wrote into it meanwhile
         written[source] = [final / name for name in names]
         log.info(
             "demo source %s: %d docs, %.2f MB text, %d shards",

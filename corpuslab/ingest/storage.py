@@ -28,6 +28,7 @@ REGION_ENVS = ("AWS_REGION", "AWS_DEFAULT_REGION")
 DEFAULT_BUFFER_SIZE = 4 << 20
 
 Location = Path | str  # a local path, or a URL such as "s3://bucket/prefix/file.jsonl.gz"
+_SECRET_FIELDS = frozenset({"secret_access_key", "session_token"})
 
 
 class StorageError(ValueError):
@@ -45,6 +46,35 @@ class S3Options:
     session_token: str | None = None
     anonymous: bool = False
     max_attempts: int = 3
+
+    def __post_init__(self) -> None:
+        """Strict types: ``anonymous: 'false'`` would otherwise be truthy and sign nothing."""
+        for name in ("endpoint_url", "region", "access_key_id", "secret_access_key"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, str):
+                raise StorageError(f"storage option {name} must be a string, not {value!r}")
+        if self.session_token is not None and not isinstance(self.session_token, str):
+            raise StorageError("storage option session_token must be a string")
+        if not isinstance(self.anonymous, bool):
+            raise StorageError(
+                f"storage option anonymous must be true or false, not {self.anonymous!r}"
+            )
+        if isinstance(self.max_attempts, bool) or not isinstance(self.max_attempts, int):
+            raise StorageError(
+                f"storage option max_attempts must be an integer, not {self.max_attempts!r}"
+            )
+        if self.max_attempts < 1:
+            raise StorageError(f"storage option max_attempts must be >= 1, not {self.max_attempts}")
+
+    def __repr__(self) -> str:
+        """Every field, with the secret key and session token masked (reprs end up in logs)."""
+        shown = []
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name in _SECRET_FIELDS and value is not None:
+                value = "***"
+            shown.append(f"{f.name}={value!r}")
+        return f"S3Options({', '.join(shown)})"
 
     @classmethod
     def from_kwargs(cls, options: dict[str, Any]) -> S3Options:
@@ -178,12 +208,18 @@ def list_files(
     root: str,
     suffixes: tuple[str, ...] | None = None,
     recursive: bool = True,
+    skipped: list[str] | None = None,
 ) -> list[str]:
     """Files under ``root`` (sorted paths) ending with one of ``suffixes``.
 
     Names starting with ``.`` (temporary files of atomic writes, ``.git``) are skipped at any
-    depth, so a half-written file is never listed.
+    depth, so a half-written file is never listed. A local name that is not valid UTF-8 cannot
+    be a pyarrow path: it is left out (with everything below it) and, when ``skipped`` is
+    given, appended to it with its undecodable bytes escaped, so one odd name never makes a
+    whole source unlistable.
     """
+    if isinstance(fs, pafs.LocalFileSystem):
+        return _list_local(root, suffixes, recursive, skipped)
     try:
         infos = fs.get_file_info(pafs.FileSelector(root, recursive=recursive))
     except FileNotFoundError as exc:
@@ -198,6 +234,59 @@ def list_files(
             continue
         if suffixes is None or info.path.endswith(suffixes):
             out.append(info.path)
+    return sorted(out)
+
+
+def printable_path(path: str | bytes) -> str:
+    """A file name as text whatever its bytes: undecodable bytes shown as ``\\xNN`` escapes."""
+    raw = os.fsencode(path)
+    return raw.decode("utf-8", "backslashreplace")
+
+
+def _list_local(
+    root: str, suffixes: tuple[str, ...] | None, recursive: bool, skipped: list[str] | None
+) -> list[str]:
+    """:func:`list_files` on a local folder with ``os.scandir`` (pyarrow fails on a bad name)."""
+    if not os.path.isdir(root):
+        if os.path.exists(root):
+            raise StorageError(f"cannot list {root}: not a directory")
+        raise StorageError(f"{root} does not exist")
+    out: list[str] = []
+    seen: set[tuple[int, int]] = set()
+
+    def walk(folder: str) -> None:
+        st = os.stat(folder)
+        if (st.st_dev, st.st_ino) in seen:  # a symlink loop
+            return
+        seen.add((st.st_dev, st.st_ino))
+        try:
+            entries = sorted(os.scandir(folder), key=lambda e: e.name)
+        except OSError as exc:
+            if folder == root:
+                raise StorageError(f"cannot list {root}: {exc}") from exc
+            if skipped is not None:
+                skipped.append(f"{printable_path(folder)} (cannot list: {exc.strerror})")
+            return
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue
+            try:
+                entry.name.encode("utf-8")
+            except UnicodeEncodeError:
+                if skipped is not None:
+                    skipped.append(f"{printable_path(entry.path)} (name is not valid UTF-8)")
+                continue
+            try:
+                is_dir = entry.is_dir()
+                is_file = not is_dir and entry.is_file()
+            except OSError:
+                continue
+            if is_dir and recursive:
+                walk(entry.path)
+            elif is_file and (suffixes is None or entry.name.endswith(suffixes)):
+                out.append(entry.path)
+
+    walk(root)
     return sorted(out)
 
 

@@ -4,8 +4,9 @@ Each filtered Parquet shard is encoded into ``<cache>/source=<domain>/shard=<ste
 where ``key`` digests the tokenizer file and the shard file: a changed shard or tokenizer
 re-encodes only what changed, every mixture using the same tokenizer reads the same files, and
 older entries of a shard are removed. An entry holds the shard's document ``ids`` (in shard
-order), ``offsets`` (int64, ``n_docs + 1``) and the flat ``tokens`` (uint16 when the vocabulary
-fits, else uint32), with no separator between documents. Mixture weights and plans read the
+order; stored as UTF-8 bytes and offsets, see :func:`corpuslab.fileio.pack_strings`), ``offsets``
+(int64, ``n_docs + 1``) and the flat ``tokens`` (uint16 when the vocabulary fits, else uint32),
+with no separator between documents. Mixture weights and plans read the
 per-document counts from the offsets; the token file is packed from the ids (no second encode).
 """
 
@@ -27,14 +28,15 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from tokenizers import Tokenizer
 
-from corpuslab.fileio import atomic_path, digest
+from corpuslab.fileio import atomic_path, digest, pack_strings, unpack_strings
 from corpuslab.lmdata.tokenfile import dtype_for_vocab
 from corpuslab.lmdata.tokenize import load_tokenizer, pack_rows, vocab_size
 from corpuslab.progress import Progress
 
 log = logging.getLogger(__name__)
 
-CACHE_VERSION = 1  # bump when the entry format changes: old entries then count as stale
+CACHE_VERSION = 2  # bump when the entry format changes: old entries then count as stale
+# 2: ids stored as UTF-8 bytes + offsets (numpy string arrays dropped trailing NULs)
 ENCODE_BATCH = 4096  # documents per encode call: bounds the Encoding objects alive at once
 KEY_SEP = "\x1f"  # joins shard and id into a key unique across a domain's shards
 
@@ -49,7 +51,7 @@ class EncodedShard:
     """One cache entry: document ids, their token offsets and (if loaded) the flat tokens."""
 
     shard: str
-    ids: np.ndarray  # unicode strings, shard order
+    ids: np.ndarray  # str objects, shard order
     offsets: np.ndarray  # int64, n_docs + 1
     tokens: np.ndarray | None = None
 
@@ -68,7 +70,7 @@ def load_shard(path: Path, shard: str, tokens: bool = True) -> EncodedShard:
     with np.load(path, allow_pickle=False) as z:
         return EncodedShard(
             shard=shard,
-            ids=z["ids"],
+            ids=unpack_strings(z["id_bytes"], z["id_offsets"]),
             offsets=z["offsets"],
             tokens=z["tokens"] if tokens else None,
         )
@@ -103,8 +105,9 @@ def encode_shard(tok: Tokenizer, shard_path: Path, out_path: Path, dtype: str) -
     table = pq.read_table(shard_path, columns=["id", "text"])
     ids = table.column("id").to_pylist()
     offsets, flat = encode_texts(tok, table.column("text").to_pylist(), dtype)
+    id_bytes, id_offsets = pack_strings(ids)
     with atomic_path(out_path) as tmp, open(tmp, "wb") as fh:
-        np.savez(fh, ids=np.asarray(ids, dtype=str), offsets=offsets, tokens=flat)
+        np.savez(fh, id_bytes=id_bytes, id_offsets=id_offsets, offsets=offsets, tokens=flat)
     return len(ids)
 
 

@@ -75,7 +75,7 @@ def materialize_tokenizer(exp: Experiment, layout: Layout, mixture: str) -> dict
             f"tokenizer asset of its own (materialize tokenizer/{tdecl.mixture})"
         )
     path = layout.tokenizer_dir(mixture) / "tokenizer.json"
-    src = tdecl.resolve_file(exp.root)
+    src = tdecl.resolve_file(layout.home)
     if src is not None:
         tok = tok_lib.install_tokenizer_file(src, path, tdecl.eos_token)
         return {

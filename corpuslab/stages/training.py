@@ -20,6 +20,7 @@ from corpuslab.declarations import REPO_ROOT, Experiment, TrainingDecl
 from corpuslab.fileio import digest, read_json, write_json
 from corpuslab.layout import Layout
 from corpuslab.lmdata.tokenfile import TokenFile
+from corpuslab.tracking import redact_uri, set_terminated
 from corpuslab.training.deepspeed import fill_deepspeed_config
 from corpuslab.training.runspec import DoReMiSpec, InitFrom, RunSpec
 
@@ -38,10 +39,9 @@ def resumable_mlflow_run(run_dir: Path, spec: RunSpec) -> str | None:
     spec_file, ml_file = run_dir / "spec.json", run_dir / "mlflow.json"
     if not (spec_file.is_file() and ml_file.is_file()) or (run_dir / "summary.json").exists():
         return None
-    old = json.loads(spec_file.read_text())
-    old.pop("mlflow_run_id", None)
-    new = json.loads(spec.model_dump_json())
-    new.pop("mlflow_run_id", None)
+    tracking = ("mlflow_run_id", "mlflow_tracking_uri")  # where it is recorded, not what
+    old = {k: v for k, v in json.loads(spec_file.read_text()).items() if k not in tracking}
+    new = {k: v for k, v in json.loads(spec.model_dump_json()).items() if k not in tracking}
     if old != new:
         return None
     return json.loads(ml_file.read_text())["run_id"]
@@ -68,7 +68,7 @@ def _spec(
         out_dir=out_dir,
         model=dims,
         train=decl.train,
-        deepspeed_config=decl.deepspeed_path(),
+        deepspeed_config=decl.deepspeed_path(layout.home),
         deepspeed_overrides=decl.deepspeed_overrides,
         init_from=init_from,
         doremi=doremi,
@@ -225,6 +225,10 @@ def materialize_training(
 
     ``client`` is an ``mlflow.MlflowClient``. The summary holds the launcher's metadata, the
     MLflow run id, the loss curve and the ``data_version`` (the digest of ``model.pt``).
+
+    The tracking URI may hold a password: it reaches the training process only through its
+    environment (``MLFLOW_TRACKING_URI``), never the spec file logged as an artifact, and only
+    its redacted form is written down (``mlflow.json``).
     """
     run_dir = Path(spec.out_dir)
     run_id = resumable_mlflow_run(run_dir, spec)
@@ -237,10 +241,11 @@ def materialize_training(
             shutil.rmtree(archive, ignore_errors=True)
         run_dir.mkdir(parents=True)
         run_id = client.create_run(experiment_id, run_name=run_name, tags=dict(tags)).info.run_id
-        write_json({"run_id": run_id, "tracking_uri": tracking_uri}, run_dir / "mlflow.json")
+        record = {"run_id": run_id, "tracking_uri": redact_uri(tracking_uri)}
+        write_json(record, run_dir / "mlflow.json")
     else:
         client.set_tag(run_id, "corpuslab.resumed_by", run_name)
-    spec = spec.model_copy(update={"mlflow_run_id": run_id})
+    spec = spec.model_copy(update={"mlflow_run_id": run_id, "mlflow_tracking_uri": None})
     try:
         spec_path = run_dir / "spec.json"
         spec_path.write_text(spec.model_dump_json(indent=2))
@@ -256,6 +261,7 @@ def materialize_training(
         env = {
             "DS_ACCELERATOR": os.environ.get("DS_ACCELERATOR", "cpu"),
             "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")]),
+            "MLFLOW_TRACKING_URI": tracking_uri,  # not in spec.json: it may hold a password
         }
         metadata = dict(launch(spec_path, ranks, env, {"run": spec.name, "mlflow_run_id": run_id}))
         summary = read_json(run_dir / "summary.json")
@@ -263,9 +269,9 @@ def materialize_training(
             if k in summary:
                 client.log_metric(run_id, f"train.{k}", float(summary[k]))
         client.log_artifact(run_id, str(run_dir / "summary.json"), artifact_path="train")
-        client.set_terminated(run_id, "FINISHED")
+        set_terminated(client, run_id, "FINISHED")
     except BaseException:
-        client.set_terminated(run_id, "FAILED")
+        set_terminated(client, run_id, "FAILED")
         raise
     curve = [
         (m.step, round(m.value, 4))

@@ -22,7 +22,7 @@ from corpuslab.fileio import digest
 
 # Bump a stage's revision when its library logic changes in a way that changes outputs.
 STAGE_REVISION = {
-    "corpus": 2,
+    "corpus": 3,  # 3: census-checked conservation, quarantine entries with a scope
     "pool": 2,
     "dedup": 2,
     "quality_model": 2,
@@ -89,7 +89,7 @@ def code_version(exp: Experiment, stage: str, name: str) -> str:
         mdecl = exp.mixtures[name]
         parts: list[Any] = [_slice(mdecl, EXCLUDED[stage]), exp.tokenizer_owner(name)]
         if stage == "tokenizer":
-            tfile = mdecl.tokenizer.resolve_file(exp.root)
+            tfile = mdecl.tokenizer.resolve_file(exp.home)
             parts.append(digest(tfile) if tfile else None)
         return _version(stage, *parts)
     if stage.startswith("doremi_"):
@@ -99,10 +99,12 @@ def code_version(exp: Experiment, stage: str, name: str) -> str:
         exclude = {"eta", "smoothing", "initial_weights"} if stage == "doremi_reference" else set()
         if stage == "doremi_weights":
             return _version(stage, decl.reference)
-        return _version(stage, _slice(decl, exclude), decl.deepspeed_path().read_text())
+        return _version(stage, _slice(decl, exclude), decl.deepspeed_path(exp.home).read_text())
     if stage == "train":
         rdecl = exp.runs[name]
-        return _version(stage, _slice(rdecl, EXCLUDED[stage]), rdecl.deepspeed_path().read_text())
+        return _version(
+            stage, _slice(rdecl, EXCLUDED[stage]), rdecl.deepspeed_path(exp.home).read_text()
+        )
     if stage == "eval":
         return _version(stage, _slice(exp.runs[name], EXCLUDED[stage]))
     raise ValueError(f"unknown stage {stage!r}; allowed: {', '.join(STAGE_REVISION)}")

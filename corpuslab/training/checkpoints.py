@@ -7,7 +7,7 @@ Layout of ``<out_dir>/checkpoints``::
         mp_rank_00_model_states.pt, *optim_states.pt   DeepSpeed's own files (any ZeRO stage)
         model.pt                consolidated fp32 state dict of the model (LAWA, inspection)
         run.json                step, resume fingerprint and the run spec
-        trainer_state_rank<r>.pt   each rank's RNG states and data position
+        trainer_state_rank<r>.json each rank's RNG states and data position (JSON: no pickle)
     .tmp-step<N>/               a checkpoint being written
 
 Every rank writes into ``.tmp-step<N>``; after a barrier rank 0 renames it to ``step<N>`` and only
@@ -15,14 +15,22 @@ then rewrites ``latest`` through a temporary file and ``os.replace``. A process 
 moment therefore leaves ``latest`` naming a complete checkpoint (or no ``latest`` at all); the
 next start deletes leftover ``.tmp-*`` folders. DeepSpeed's own ``latest`` (``save_latest``) is
 not used: it truncates the file in place.
+
+Nothing of ours is unpickled: trainer and RNG state are JSON, weights are read with
+``torch.load(weights_only=True)``. DeepSpeed's own resume still unpickles its model-states and
+optimizer files (``torch.load(weights_only=False)`` in its checkpoint engine), and unpickling
+can run code, so :func:`check_trusted` refuses to resume from a checkpoint that another user
+owns or that anyone but its owner's group could have written.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import random
 import re
 import shutil
+import stat
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -38,6 +46,7 @@ LATEST = "latest"
 TMP_PREFIX = ".tmp-"
 RUN_INFO = "run.json"
 MODEL = "model.pt"
+TRAINER_STATE = "trainer_state_rank{rank}.json"
 _TAG = re.compile(r"^step(\d+)$")
 
 
@@ -87,23 +96,73 @@ def remove_stale(ckpt_dir: Path) -> list[str]:
 
 
 def rng_state() -> dict[str, Any]:
-    """Every RNG the training process draws from (python, numpy, torch CPU and CUDA)."""
+    """Every RNG the training process draws from (python, numpy, torch CPU and CUDA), as JSON.
+
+    Plain lists and numbers (floats round-trip exactly through JSON), so restoring needs no
+    unpickling.
+    """
+    version, words, gauss_next = random.getstate()
+    algorithm, keys, pos, has_gauss, cached_gaussian = np.random.get_state()
     state: dict[str, Any] = {
-        "python": random.getstate(),
-        "numpy": np.random.get_state(),
-        "torch": torch.get_rng_state(),
+        "python": {"version": version, "state": list(words), "gauss_next": gauss_next},
+        "numpy": {
+            "algorithm": algorithm,
+            "keys": np.asarray(keys).tolist(),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached_gaussian),
+        },
+        "torch": torch.get_rng_state().tolist(),
     }
     if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+        state["cuda"] = [s.tolist() for s in torch.cuda.get_rng_state_all()]
     return state
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
+    """Restore what :func:`rng_state` captured."""
+    py, npy = state["python"], state["numpy"]
+    random.setstate((py["version"], tuple(py["state"]), py["gauss_next"]))
+    np.random.set_state(
+        (
+            npy["algorithm"],
+            np.asarray(npy["keys"], dtype=np.uint32),
+            npy["pos"],
+            npy["has_gauss"],
+            npy["cached_gaussian"],
+        )
+    )
+    torch.set_rng_state(torch.tensor(state["torch"], dtype=torch.uint8))
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        torch.cuda.set_rng_state_all([torch.tensor(s, dtype=torch.uint8) for s in state["cuda"]])
+
+
+def check_trusted(ckpt_dir: Path, tag: str) -> None:
+    """Refuse a checkpoint whose files someone else could have written (they get unpickled).
+
+    Every path DeepSpeed reads (the checkpoint folder, ``latest``, the tag folder and its
+    files) must be owned by this process's user, be no symbolic link, and not be writable by
+    every user. Group write is allowed: a shared group is the operator's trust decision.
+    """
+    uid = os.geteuid()
+    tag_dir = ckpt_dir / tag
+    paths = [ckpt_dir, ckpt_dir / LATEST, tag_dir, *sorted(tag_dir.iterdir())]
+    for path in paths:
+        if not os.path.lexists(path):
+            continue
+        st = path.lstat()
+        if stat.S_ISLNK(st.st_mode):
+            raise CheckpointError(f"{path} is a symbolic link; refusing to resume from it")
+        if st.st_uid != uid:
+            raise CheckpointError(
+                f"{path} belongs to uid {st.st_uid}, not to this user ({uid}): DeepSpeed "
+                "unpickles checkpoint files, which can run code; refusing to resume from it"
+            )
+        if st.st_mode & stat.S_IWOTH:
+            raise CheckpointError(
+                f"{path} is writable by every user: DeepSpeed unpickles checkpoint files, "
+                f"which can run code; refusing to resume (chmod o-w {path} if you trust it)"
+            )
 
 
 def full_fp32_state_dict(module: nn.Module) -> dict[str, torch.Tensor]:
@@ -149,7 +208,7 @@ def save_checkpoint(
         shutil.rmtree(tmp_dir, ignore_errors=True)
     state = full_fp32_state_dict(engine.module)  # collective: before any rank-0-only work
     engine.save_checkpoint(str(ckpt_dir), tag=tmp_tag, client_state=client_state, save_latest=False)
-    torch.save(rank_state, tmp_dir / f"trainer_state_rank{rank}.pt")
+    (tmp_dir / TRAINER_STATE.format(rank=rank)).write_text(json.dumps(rank_state))
     if rank == 0:
         torch.save(state, tmp_dir / MODEL)
         (tmp_dir / RUN_INFO).write_text(json.dumps({"tag": tag, **run_info}, indent=2) + "\n")
@@ -171,17 +230,21 @@ def load_checkpoint(engine: Any, ckpt_dir: Path, tag: str) -> tuple[dict, dict]:
     """Restore engine (weights, optimizer partitions) from ``tag``; (client state, rank state)."""
     import torch.distributed as dist
 
+    rank_file = ckpt_dir / tag / TRAINER_STATE.format(rank=dist.get_rank())
+    if not rank_file.is_file():
+        if (ckpt_dir / tag / f"trainer_state_rank{dist.get_rank()}.pt").is_file():
+            raise CheckpointError(
+                f"{ckpt_dir / tag} was written by an older corpuslab whose trainer state is "
+                "pickled, which is no longer loaded: delete the run folder to start over"
+            )
+        raise CheckpointError(f"{rank_file} is missing: the checkpoint was saved by fewer ranks")
+    check_trusted(ckpt_dir, tag)
     path, client = engine.load_checkpoint(
         str(ckpt_dir), tag=tag, load_optimizer_states=True, load_lr_scheduler_states=True
     )
     if path is None:
         raise CheckpointError(f"DeepSpeed could not load checkpoint {ckpt_dir / tag}")
-    rank_file = ckpt_dir / tag / f"trainer_state_rank{dist.get_rank()}.pt"
-    if not rank_file.is_file():
-        raise CheckpointError(f"{rank_file} is missing: the checkpoint was saved by fewer ranks")
-    # Our own file; numpy's RNG state is not a tensor, so the restricted loader refuses it.
-    rank_state = torch.load(rank_file, map_location="cpu", weights_only=False)
-    return client or {}, rank_state
+    return client or {}, json.loads(rank_file.read_text())
 
 
 def average_checkpoints(paths: Sequence[str | Path]) -> dict[str, torch.Tensor]:

@@ -6,15 +6,15 @@ from pathlib import Path
 
 import pytest
 
-from resources.launcher import TRAIN_ENTRYPOINT, TrainingLauncher
+from resources.launcher import LOCAL_LAUNCHER, TRAIN_ENTRYPOINT, TrainingLauncher
 
 
-def test_local_command_runs_the_entry_point_under_torchrun() -> None:
+def test_local_command_runs_the_entry_point_under_the_loopback_launcher() -> None:
     cmd = TrainingLauncher(python="/venv/bin/python").command(2, Path("/h/runs/x/spec.json"))
-    assert cmd[:3] == ["/venv/bin/python", "-m", "torch.distributed.run"]
-    assert "--nproc_per_node=2" in cmd and str(TRAIN_ENTRYPOINT) in cmd
+    assert cmd[:2] == ["/venv/bin/python", str(LOCAL_LAUNCHER)]
+    assert "--nproc-per-node=2" in cmd and str(TRAIN_ENTRYPOINT) in cmd
     assert cmd[-2:] == ["--spec", "/h/runs/x/spec.json"]
-    assert TRAIN_ENTRYPOINT.is_file()
+    assert TRAIN_ENTRYPOINT.is_file() and LOCAL_LAUNCHER.is_file()
 
 
 def test_k8s_pod_spec_mounts_the_shared_home_and_requests_gpus() -> None:
@@ -30,7 +30,8 @@ def test_k8s_pod_spec_mounts_the_shared_home_and_requests_gpus() -> None:
     assert {"name": "home", "persistent_volume_claim": {"claim_name": "corpuslab-home"}} in (
         spec["volumes"]
     )
-    assert launcher.command(8, Path("/data/runs/x/spec.json"), python="python")[0] == "python"
+    cmd = launcher.command(8, Path("/data/runs/x/spec.json"), python="python")
+    assert cmd[:3] == ["python", "-m", "torch.distributed.run"] and "--nproc_per_node=8" in cmd
     with pytest.raises(ValueError, match="do not fit"):
         launcher.pod_spec(ranks=16)
     with pytest.raises(ValueError, match="home_volume_claim"):

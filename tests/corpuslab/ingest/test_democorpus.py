@@ -48,7 +48,8 @@ def test_every_source_has_shards_in_its_format(small_corpus):
             assert head == ZSTD_MAGIC
         else:
             assert json.loads(paths[0].read_text().splitlines()[0])["id"].startswith("packages/")
-    assert not [p for p in out.rglob("*") if p.name.startswith(".")]  # no temp files left
+    hidden = sorted(p.relative_to(out).as_posix() for p in out.rglob(".*"))
+    assert hidden == [f"{s}/.corpuslab-demo.json" for s in sorted(SOURCES)]  # no temp files
 
 
 def test_records_are_valid_and_real_text(small_corpus):
@@ -77,7 +78,8 @@ def test_build_is_deterministic_and_rebuild_leaves_no_stale_shards(tmp_path, sma
         assert [p.read_bytes() for p in first[source]] == [p.read_bytes() for p in second[source]]
     rebuilt = build_demo_corpus(tmp_path, max_docs_per_source=12, sources=["code"])
     assert len(rebuilt["code"]) == 3
-    assert sorted((tmp_path / "code").iterdir()) == rebuilt["code"]
+    shards = sorted(p for p in (tmp_path / "code").iterdir() if p.name != ".corpuslab-demo.json")
+    assert shards == rebuilt["code"]
 
 
 def test_default_build_is_demo_sized(tmp_path):
@@ -96,3 +98,4 @@ def test_cli_prints_summary(tmp_path, capsys):
     line = capsys.readouterr().out.strip()
     assert line.startswith("reference") and " 4 docs" in line
     assert [p.name for p in tmp_path.iterdir()] == ["reference"]
+    assert sorted(p.name for p in (tmp_path / "reference").iterdir())[0] == ".corpuslab-demo.json"

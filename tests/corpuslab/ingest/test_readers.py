@@ -78,7 +78,7 @@ def test_truncated_gzip_keeps_what_was_read(tmp_path: Path) -> None:
     path.write_bytes(body[: len(body) // 2])
     res = read_raw_shard(path, "src")
     assert 0 < res.table.num_rows < 200
-    assert [q["reason"].split(":")[0] for q in res.quarantined] == ["unreadable_stream"]
+    assert [q["reason"].split(":")[0] for q in res.quarantined] == ["truncated_stream"]
 
 
 def test_parquet_input(tmp_path: Path) -> None:
@@ -164,7 +164,7 @@ def test_empty_files_leave_one_quarantine_entry(tmp_path: Path, name: str, body:
     res = read_raw_shard(path, "src")
     assert res.table.num_rows == 0
     assert [q["reason"].split(":")[0] for q in res.quarantined] == ["empty_file"]
-    assert res.n_read == 1
+    assert res.quarantined[0]["scope"] == "file" and res.n_read == 0  # flags the file, no record
 
 
 def test_zero_row_parquet_is_an_empty_file(tmp_path: Path) -> None:

@@ -231,9 +231,9 @@ def _gzip_members(data: bytes) -> list[int]:
 @pytest.mark.parametrize(
     ("name", "where", "reason"),
     [
-        ("cut.warc", "payload", "truncated_record"),
-        ("cut.warc", "header", "broken_record"),
-        ("cut.warc.gz", "payload", "truncated_record"),
+        ("cut.warc", "payload", "truncated_stream"),
+        ("cut.warc", "header", "truncated_stream"),
+        ("cut.warc.gz", "payload", "truncated_stream"),
     ],
 )
 def test_truncated_file_keeps_the_records_before_the_cut(
@@ -258,7 +258,7 @@ def test_truncated_file_keeps_the_records_before_the_cut(
     ("new_length", "expected"),
     [
         (100, ["broken_record", "unreadable_stream"]),  # ends inside the page: next header bad
-        (10**6, ["truncated_record"]),  # runs past the end of the file
+        (10**6, ["truncated_stream"]),  # runs past the end of the file
         (None, ["broken_record", "unreadable_stream"]),  # not a number
     ],
 )

@@ -141,7 +141,7 @@ def _lm_setup(tmp_path: Path, mixtures: str) -> tuple[Any, Layout]:
         write_parquet(_docs("code", rows), layout.filtered_dir("r", "code") / f"{shard}.parquet")
     prose = [(f"p{i}", t) for i, t in enumerate(_module_texts(PROSE_MODULES, doc=True))]
     write_parquet(_docs("prose", prose), layout.filtered_dir("r", "prose") / "s0.parquet")
-    return load_experiment(exp_dir), layout
+    return load_experiment(exp_dir, home=layout.home), layout
 
 
 def _filtered_docs(layout: Layout, domain: str) -> dict[tuple[str, str], str]:
@@ -320,7 +320,7 @@ def test_strategies_share_one_tokenizer_and_cache(tmp_path: Path) -> None:
 
 
 def test_tokenizer_from_a_file(tmp_path: Path) -> None:
-    src = tmp_path / "exp" / "tokenizers" / "tok.json"
+    src = tmp_path / "home" / "tokenizers" / "tok.json"  # relative paths: under the home
     src.parent.mkdir(parents=True)
     tok_lib.train_tokenizer(_module_texts(PROSE_MODULES, doc=True), 300, 2, src, eos_token="</s>")
     exp, layout = _lm_setup(

@@ -42,12 +42,12 @@ def test_run_params_flatten_the_declaration(tmp_path: Path) -> None:
           parent: {mixture: small, model: {scale: cpu-1m}, train: {steps: 4}}
           child:
             mixture: small
-            model: {n_layer: 2, n_head: 2, d_model: 64}
+            model: {n_layer: 2, n_head: 4, d_model: 128}  # cpu-1m's width: inheritable
             train: {steps: 4, lawa_k: 2, checkpoint_every: 2, schedule: wsd}
             init_from: {run: parent, layers: 1}
     """
     exp = load_experiment(write_experiment(tmp_path / "exp", files))
     params = run_params(exp, "child")
     assert params["init_from.run"] == "parent" and params["train.schedule"] == "wsd"
-    assert params["model.d_model"] == 64 and params["recipe"] == "lenient"
+    assert params["model.n_layer"] == 2 and params["recipe"] == "lenient"
     assert run_params(exp, "parent")["model.scale"] == "cpu-1m"

@@ -365,7 +365,7 @@ def test_reference_run_streams_metrics_to_reporter_and_mlflow(reference: dict) -
     assert sorted(p.name for p in ckpts.iterdir() if p.is_dir()) == ["step10", "step20", "step30"]
     for tag in ("step10", "step20", "step30"):
         names = {p.name for p in (ckpts / tag).iterdir()}
-        assert {"model.pt", "run.json", "trainer_state_rank0.pt"} <= names, tag
+        assert {"model.pt", "run.json", "trainer_state_rank0.json"} <= names, tag
         assert any(n.endswith("optim_states.pt") for n in names), tag
     assert load_model(out).config == GPTConfig.from_dims(reference["spec"].model)
 
@@ -472,7 +472,7 @@ def test_sigkill_mid_run_then_relaunch_reproduces_the_uninterrupted_run(
     assert latest in ("step10", "step20")  # never a half-written checkpoint
     if seen == "while writing step20":  # (the usual case: a save takes far longer than a poll)
         assert latest == "step10" and (ckpts / ".tmp-step20").is_dir()
-    assert {"model.pt", "run.json", "trainer_state_rank0.pt"} <= {
+    assert {"model.pt", "run.json", "trainer_state_rank0.json"} <= {
         p.name for p in (ckpts / latest).iterdir()
     }
 
