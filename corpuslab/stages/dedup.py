@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import itertools
+from collections import Counter, defaultdict
+from pathlib import Path
 
 import pyarrow as pa
 
 from corpuslab import dedup as dedup_lib
 from corpuslab.declarations import Experiment
-from corpuslab.fileio import digest, write_json, write_parquet
+from corpuslab.fileio import digest, read_parquet, write_json, write_parquet
 from corpuslab.layout import Layout
-from corpuslab.stages.common import KEY_SEP, pool_tables, split_key
+from corpuslab.stages.common import KEY_SEP, SHOWN_IDS, pool_tables, split_key
 
 DROP_SCHEMA = pa.schema(
     [
@@ -18,6 +20,35 @@ DROP_SCHEMA = pa.schema(
         for n in ("id", "reason", "duplicate_of", "source", "shard", "key", "survivor_key")
     ]
 )
+
+
+def survivor_problems(pool: pa.Table, drop_path: Path) -> list[str]:
+    """``survivors_kept``: what is wrong with the drop list written at ``drop_path``, if anything.
+
+    ``pool`` holds the recipe's pool documents (``key``, ``text``); the drop list is read back
+    from its file. Every dropped document must be a pool document, dropped once, and point at a
+    survivor that is in the pool and not dropped; and no two documents the list keeps may be
+    exact duplicates (the same NFKC-normalized, case- and whitespace-folded text), which the
+    drop list exists to prevent. Returns at most ``SHOWN_IDS`` problems, one line each.
+    """
+    keys = pool.column("key").to_pylist()
+    in_pool = set(keys)
+    drops = read_parquet(drop_path, columns=["key", "survivor_key"]).to_pydict()
+    dropped = Counter(drops["key"])
+    problems = [f"dropped {n} times: {k!r}" for k, n in sorted(dropped.items()) if n > 1]
+    problems += [f"dropped but not in the pool: {k!r}" for k in sorted(set(dropped) - in_pool)]
+    for key, survivor in sorted(zip(drops["key"], drops["survivor_key"], strict=True)):
+        if survivor not in in_pool:
+            problems.append(f"{key!r} points at {survivor!r}, which is not in the pool")
+        elif survivor in dropped:
+            problems.append(f"{key!r} points at {survivor!r}, which is dropped too")
+    kept_by_hash: dict[bytes, list[str]] = defaultdict(list)
+    for key, text in zip(keys, pool.column("text").to_pylist(), strict=True):
+        if key not in dropped:
+            kept_by_hash[dedup_lib.normalized_hash(text)].append(key)
+    for group in sorted(sorted(g) for g in kept_by_hash.values() if len(g) > 1):
+        problems.append(f"kept documents are exact duplicates: {', '.join(map(repr, group))}")
+    return problems[:SHOWN_IDS]
 
 
 def materialize_dedup(exp: Experiment, layout: Layout, recipe: str) -> dict:
@@ -74,16 +105,17 @@ def materialize_dedup(exp: Experiment, layout: Layout, recipe: str) -> dict:
         )
     out = layout.dedup_dir(recipe) / "drop.parquet"
     write_parquet(pa.Table.from_pylist(rows, schema=DROP_SCHEMA), out)
-    # a real invariant: every dropped document points at a survivor that is itself kept
+    # checked on the file as written, not on the lists it was written from
+    problems = survivor_problems(pool, out)
     dropped = {r["key"] for r in rows}
-    survivors_ok = all(r["survivor_key"] not in dropped for r in rows)
     summary = {
         "documents": len(keys),
         "exact_duplicates": len(exact.drop),
         "near_duplicates": len(near.drop),
         "clusters": len({near.clusters[d] for d in near.drop}),
         "kept": len(keys) - len(dropped),
-        "survivors_kept": survivors_ok,
+        "survivors_kept": not problems,
+        **({"survivor_problems": problems} if problems else {}),
         "signature_shards_computed": computed,
         "signature_shards_reused": reused,
         "params": decl.dedup.model_dump(),

@@ -16,15 +16,7 @@ from corpuslab.declarations import Experiment
 from corpuslab.fileio import digest, read_json, read_parquet, write_parquet
 from corpuslab.filters import Pipeline
 from corpuslab.layout import Layout
-from corpuslab.stages.common import decisions_table
-
-
-def _conservation(out_path, decisions_path, n_in: int) -> tuple[int, int, bool]:  # noqa: ANN001
-    """(kept, dropped, conserved) read back from the written output and decision files."""
-    n_kept = read_parquet(out_path, columns=["id"]).num_rows
-    back = read_parquet(decisions_path, columns=["kept"])
-    n_dropped = back.num_rows - int(pc.sum(back.column("kept")).as_py() or 0)
-    return n_kept, n_dropped, n_kept + n_dropped == n_in
+from corpuslab.stages.common import check_conservation, decisions_table
 
 
 def materialize_pool_shard(
@@ -32,7 +24,8 @@ def materialize_pool_shard(
 ) -> dict:
     """Apply the recipe's per-document steps to one corpus shard; every drop keeps its reason."""
     decl = exp.recipes[recipe]
-    table = read_parquet(layout.corpus_dir(source) / f"{shard}.parquet")
+    src = layout.corpus_dir(source) / f"{shard}.parquet"
+    table = read_parquet(src)
     pipeline = Pipeline.from_decls(decl.steps)
     result = pipeline.run(table.column("text").to_pylist())
     decided = result.decisions
@@ -52,12 +45,12 @@ def materialize_pool_shard(
             "reason", decisions.filter(pc.invert(decisions.column("kept"))).column("reason")
         )
         write_parquet(dropped, layout.dropped_dir(recipe, source) / f"{shard}.parquet")
-    n_kept, n_dropped, conserved = _conservation(out, dpath, table.num_rows)
+    check = check_conservation(src, out, dpath)
     return {
         "path": str(out),
-        "documents_in": table.num_rows,
-        "kept": n_kept,
-        "dropped": n_dropped,
+        "documents_in": check.documents_in,
+        "kept": check.kept,
+        "dropped": check.dropped,
         "drop_reasons": dict(result.drop_reasons()),
         "modified": sum(result.modified),
         "steps": {
@@ -70,7 +63,8 @@ def materialize_pool_shard(
             }
             for st in result.steps
         },
-        "conserved": conserved,
+        "conserved": check.conserved,
+        **check.report(),
         "data_version": digest(out),
     }
 
@@ -79,7 +73,8 @@ def materialize_filtered_shard(
     exp: Experiment, layout: Layout, recipe: str, source: str, shard: str
 ) -> dict:
     """Pool shard minus duplicates minus documents below the quality threshold."""
-    table = read_parquet(layout.pool_dir(recipe, source) / f"{shard}.parquet")
+    src = layout.pool_dir(recipe, source) / f"{shard}.parquet"
+    table = read_parquet(src)
 
     def this_shard(t: pa.Table) -> pa.Table:
         return t.filter(
@@ -121,13 +116,14 @@ def materialize_filtered_shard(
     write_parquet(kept, out)
     dpath = layout.decisions_dir("filtered", source, recipe) / f"{shard}.parquet"
     write_parquet(decisions_table(table.column("id").to_pylist(), shard, decided), dpath)
-    n_kept, n_dropped, conserved = _conservation(out, dpath, table.num_rows)
+    check = check_conservation(src, out, dpath)
     return {
         "path": str(out),
-        "documents_in": table.num_rows,
-        "kept": n_kept,
-        "dropped": n_dropped,
+        "documents_in": check.documents_in,
+        "kept": check.kept,
+        "dropped": check.dropped,
         "drop_reasons": dict(Counter(f"{d[0]}:{d[1]}" for d in decided if d is not None)),
-        "conserved": conserved,
+        "conserved": check.conserved,
+        **check.report(),
         "data_version": digest(out),
     }
