@@ -3,8 +3,9 @@
 The real runs launch the entry point (torchrun, or plain python for one rank) with DeepSpeed on
 CPU (gloo, fp32) on the session's token file (``tokens_dir``: Python's own documentation text,
 a BPE trained on it). One reference run (ZeRO-2, AdaGC, z-loss, LAWA, held-out rows, a
-checkpoint every 10 steps, every step logged) is the yardstick the 2-rank run, the
-killed-and-resumed run and the inherited-initialization run are compared against.
+checkpoint every 10 steps, every step logged) is the yardstick the 2-rank run and the
+killed-and-resumed run are compared against. (A run that inherits its parent's weights is
+tested through Dagster: tests/assets/test_training.py.)
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from corpuslab.training.deepspeed import fill_deepspeed_config
 from corpuslab.training.loop import ResumeError, resume_point
 from corpuslab.training.model import GPT, GPTConfig, inherit_weights
 from corpuslab.training.optim import AdaGC
-from corpuslab.training.runspec import AdaGCConfig, InitFrom, ModelDims, RunSpec, TrainConfig
+from corpuslab.training.runspec import AdaGCConfig, ModelDims, RunSpec, TrainConfig
 from tests.training import ENTRYPOINT, REPO, SEQ_LEN, VOCAB, kill_after_checkpoint, trainer_env
 
 DS_DIR = REPO / "infra" / "deepspeed"
@@ -167,7 +168,6 @@ print("RESULT " + json.dumps(out))
 """
 
 
-@pytest.mark.slow
 def test_every_shipped_deepspeed_config_takes_a_real_step_on_cpu(tmp_path: Path) -> None:
     """Each config in infra/deepspeed, filled as the trainer fills it, runs two real optimizer
     steps under DeepSpeed on CPU (one rank, gloo): ZeRO-1/2/3, bf16, optimizer and parameter
@@ -370,7 +370,6 @@ def reference(tmp_path_factory: pytest.TempPathFactory, tokens_dir: Path) -> dic
     }
 
 
-@pytest.mark.slow
 def test_reference_run_streams_metrics_to_reporter_and_mlflow(reference: dict) -> None:
     steps, summary, out = reference["steps"], reference["summary"], reference["spec"].out_dir
     assert sorted(steps) == list(range(1, STEPS + 1))
@@ -405,7 +404,6 @@ def test_reference_run_streams_metrics_to_reporter_and_mlflow(reference: dict) -
     assert {"lr", "tokens_per_s", "mfu", "tokens_seen", "z_loss", "grad_norm"} <= logged
 
 
-@pytest.mark.slow
 def test_lawa_averages_the_last_checkpoints_and_both_heldout_losses_are_reported(
     reference: dict, tokens_dir: Path
 ) -> None:
@@ -432,7 +430,6 @@ def test_lawa_averages_the_last_checkpoints_and_both_heldout_losses_are_reported
     assert summary["heldout_loss"] < summary["initial_loss"] - 0.5
 
 
-@pytest.mark.slow
 def test_two_ranks_partition_optimizer_state_and_match_the_one_rank_losses(
     reference: dict, tmp_path: Path, tokens_dir: Path
 ) -> None:
@@ -485,7 +482,6 @@ def _kill_during_second_checkpoint(spec: RunSpec, tmp_path: Path) -> str:
     return seen
 
 
-@pytest.mark.slow
 def test_sigkill_mid_run_then_relaunch_reproduces_the_uninterrupted_run(
     reference: dict, tmp_path: Path
 ) -> None:
@@ -520,7 +516,6 @@ def test_sigkill_mid_run_then_relaunch_reproduces_the_uninterrupted_run(
     assert all(torch.allclose(final[k], expected[k], atol=1e-6) for k in expected)
 
 
-@pytest.mark.slow
 def test_resume_refuses_a_spec_that_changed_what_is_trained(reference: dict) -> None:
     spec = reference["spec"]
     ds, _, tag = resume_point(spec, world_size=1)
@@ -539,33 +534,6 @@ def test_resume_refuses_a_spec_that_changed_what_is_trained(reference: dict) -> 
         resume_point(changed, world_size=1)
     with pytest.raises(ResumeError, match="world_size: checkpoint 1, spec 2"):
         resume_point(spec, world_size=2)
-
-
-@pytest.mark.slow
-def test_inherited_initialization_starts_below_random_init(
-    reference: dict, tmp_path: Path, tokens_dir: Path
-) -> None:
-    parent = reference["spec"].out_dir
-    spec = make_spec(
-        tmp_path / "child",
-        tokens_dir,
-        steps=2,
-        log_every=1,
-        checkpoint_every=0,
-        heldout_sequences=HELDOUT,
-    )  # same rows as the reference's first step
-    spec = spec.model_copy(
-        update={
-            "model": spec.model.model_copy(update={"n_layer": 1}),
-            "init_from": InitFrom(run_dir=parent, layers=1),
-        }
-    )
-    proc = launch(spec, tmp_path)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    summary = json.loads((spec.out_dir / "summary.json").read_text())
-    assert "transformer.h.0.attn.c_attn.weight" in summary["inherited_tensors"]
-    # Same data and seed: the reference's first loss is a random init's.
-    assert summary["initial_loss"] < reference["summary"]["initial_loss"] - 0.5
 
 
 ADAGC_WORKER = """
@@ -612,7 +580,6 @@ if rank == 0:
 """
 
 
-@pytest.mark.slow
 def test_adagc_clips_the_full_gradient_norms_on_every_zero_stage_with_two_ranks(
     tmp_path: Path,
 ) -> None:
@@ -654,7 +621,6 @@ def test_adagc_clips_the_full_gradient_norms_on_every_zero_stage_with_two_ranks(
         assert result[stage]["full"] == pytest.approx(result[0]["full"], rel=1e-5)
 
 
-@pytest.mark.slow
 def test_loss_spike_stops_the_run_and_keeps_the_last_good_checkpoint(
     tmp_path: Path, tokens_dir: Path
 ) -> None:
@@ -682,7 +648,6 @@ def test_loss_spike_stops_the_run_and_keeps_the_last_good_checkpoint(
     assert not (spec.out_dir / "model.pt").exists()
 
 
-@pytest.mark.slow
 def test_non_finite_loss_stops_the_run_with_a_clear_error(tmp_path: Path, tokens_dir: Path) -> None:
     # ZeRO stages >= 1 skip updates with non-finite gradients, so the weights stay finite; plain
     # data parallelism (stage 0) applies them, and lr=1e3 turns the loss into NaN by step 3.
