@@ -11,6 +11,7 @@ import gzip
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
 import dagster as dg
 import pyarrow.parquet as pq
@@ -35,7 +36,7 @@ def _tick(defs: dg.Definitions, instance: dg.DagsterInstance) -> dg.SensorResult
     return sensor.evaluate_tick(context)
 
 
-def _requested(result) -> tuple[dict[str, list[str]], list[tuple[str, str]]]:  # noqa: ANN001
+def _requested(result: Any) -> tuple[dict[str, list[str]], list[tuple[str, str]]]:
     """(partition keys added per partitions definition, (asset, partition) of each run)."""
     added = {
         r.partitions_def_name: list(r.partition_keys)

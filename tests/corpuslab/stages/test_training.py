@@ -18,7 +18,12 @@ import pytest
 
 from corpuslab import tracking
 from corpuslab.declarations import load_experiment
-from corpuslab.stages.training import materialize_training, resumable_mlflow_run, run_params
+from corpuslab.stages.training import (
+    Launch,
+    materialize_training,
+    resumable_mlflow_run,
+    run_params,
+)
 from corpuslab.training.runspec import ModelDims, RunSpec, TrainConfig
 from resources.launcher import TrainingLauncher
 from tests.conftest import TINY_EXPERIMENT, write_experiment
@@ -86,7 +91,7 @@ def test_a_killed_training_materialization_resumes_into_the_same_mlflow_run(
         assert proc.returncode == 0, proc.stderr[-4000:]
         return {"launched": "torchrun"}
 
-    def materialize(launch, name: str) -> dict:  # noqa: ANN001
+    def materialize(launch: Launch, name: str) -> dict:
         return materialize_training(
             spec,
             client=client,
