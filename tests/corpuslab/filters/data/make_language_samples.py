@@ -10,6 +10,8 @@ where the text came from and rebuilds the file on a machine that has both source
   from its gettext catalogues (``/usr/share/locale/<lang>/LC_MESSAGES/postgres-15.mo``; the
   PostgreSQL License), the longest prose messages (at least three sentences) of each language.
 
+The copyright notices and license terms are in ``NOTICE`` next to this file.
+
 Run: ``python tests/corpuslab/filters/data/make_language_samples.py``.
 """
 
