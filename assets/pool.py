@@ -88,7 +88,9 @@ def dedup_asset(exp: Experiment, recipe: str, source: str) -> dg.AssetsDefinitio
             asset_key=key,
             check_name=SURVIVORS,
             passed=summary["survivors_kept"],
-            description="every dropped duplicate points at a document the index keeps",
+            metadata={"problems": summary.get("survivor_problems", [])},
+            description="the shard's decisions, read back: every pool document decided once, "
+            "every survivor kept, no two kept documents exact duplicates",
         )
         return result(key, summary, [check])
 

@@ -1,14 +1,20 @@
-"""What several stages share: the per-document decision table and recipe-wide document keys."""
+"""What several stages share: the per-document decision table, the conservation check and
+recipe-wide document keys."""
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
 
 import pyarrow as pa
 
 from corpuslab.declarations import Experiment
 from corpuslab.fileio import read_parquet
 from corpuslab.layout import Layout
+
+SHOWN_IDS = 20  # ids named in a failed check's report; the counts say how many there are
 
 DECISION_SCHEMA = pa.schema(
     [
@@ -35,6 +41,62 @@ def decisions_table(
             "reason": [None if d is None else d[1] for d in decided],
         },
         schema=DECISION_SCHEMA,
+    )
+
+
+@dataclass(frozen=True)
+class Conservation:
+    """``documents_conserved`` of one shard: each input id kept or dropped, exactly once.
+
+    ``lost``: input ids neither in the output nor dropped; ``extra``: ids the output and the
+    dropped decisions hold more often than the input does (a document both kept and dropped,
+    written twice, or never read); ``undecided``: input ids without exactly one decision row
+    (what dbt counts); each sorted, with repeats.
+    """
+
+    documents_in: int
+    kept: int
+    dropped: int
+    lost: list[str]
+    extra: list[str]
+    undecided: list[str]
+
+    @property
+    def conserved(self) -> bool:
+        return not (self.lost or self.extra or self.undecided)
+
+    def report(self) -> dict[str, int | list[str]]:
+        """Counts, and the first ids of each kind of failure (for the asset's metadata)."""
+        out: dict[str, int | list[str]] = {}
+        for name in ("lost", "extra", "undecided"):
+            ids = getattr(self, name)
+            if ids:
+                out[f"{name}_documents"] = len(ids)
+                out[f"{name}_ids"] = ids[:SHOWN_IDS]
+        return out
+
+
+def check_conservation(input_path: Path, output_path: Path, decisions_path: Path) -> Conservation:
+    """Read a shard's input, output and decision files back and match their ids.
+
+    Independent of the stage's own counters: the input ids come from the input file, the kept
+    ids from the written output, the dropped ids from the decision file. Every input id must
+    appear exactly once among the kept and dropped ones, and have exactly one decision row.
+    """
+    inputs = Counter(read_parquet(input_path, columns=["id"]).column("id").to_pylist())
+    kept = Counter(read_parquet(output_path, columns=["id"]).column("id").to_pylist())
+    decisions = read_parquet(decisions_path, columns=["id", "kept"]).to_pydict()
+    decided = Counter(decisions["id"])
+    dropped = Counter(i for i, k in zip(decisions["id"], decisions["kept"], strict=True) if not k)
+    accounted = kept + dropped
+    undecided = (inputs - decided) + (decided - inputs)
+    return Conservation(
+        documents_in=sum(inputs.values()),
+        kept=sum(kept.values()),
+        dropped=sum(dropped.values()),
+        lost=sorted((inputs - accounted).elements()),
+        extra=sorted((accounted - inputs).elements()),
+        undecided=sorted(undecided.elements()),
     )
 
 

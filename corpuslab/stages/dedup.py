@@ -29,7 +29,7 @@ from corpuslab.dedup.incremental import EXACT, KEPT, Index, decide
 from corpuslab.fileio import atomic_path, digest, read_parquet, write_json
 from corpuslab.layout import Layout
 from corpuslab.progress import Progress
-from corpuslab.stages.common import KEY_SEP, doc_key, split_key
+from corpuslab.stages.common import KEY_SEP, SHOWN_IDS, doc_key, split_key
 
 DECISION_SCHEMA = pa.schema(
     [
@@ -312,45 +312,75 @@ def materialize_dedup_shard(
         "exact_duplicates": status.get(EXACT, 0),
         "near_duplicates": status.get("near_duplicate", 0),
         **({"batch": batch} if batch else {"batch": "decided in an earlier batch"}),
-        "survivors_kept": survivors_kept(exp, layout, recipe, this),
+        **_survivor_check(exp, layout, recipe, this),
         "data_version": digest(path),
     }
 
 
-def survivors_kept(exp: Experiment, layout: Layout, recipe: str, ref: ShardRef) -> bool:
-    """Every dropped document of the shard points at a survivor the index keeps."""
-    t = read_parquet(_decision_path(layout, recipe, ref), columns=["key", "status", "survivor_key"])
-    wanted = {
-        s
-        for k, st, s in zip(
-            t.column("key").to_pylist(),
-            t.column("status").to_pylist(),
-            t.column("survivor_key").to_pylist(),
-            strict=True,
-        )
-        if st != KEPT
-    }
-    if not wanted:
-        return True
-    by_shard: dict[tuple[str, str], set[str]] = {}
-    for key in wanted:
-        source, shard, _ = split_key(key)
-        by_shard.setdefault((source, shard), set()).add(key)
-    for (source, shard), keys in by_shard.items():
-        path = _decision_path(layout, recipe, ShardRef(source, shard))
-        if not path.is_file():
-            return False
-        other = read_parquet(path, columns=["key", "status"])
-        kept = {
-            k
-            for k, st in zip(
-                other.column("key").to_pylist(), other.column("status").to_pylist(), strict=True
+def survivor_problems(exp: Experiment, layout: Layout, recipe: str, ref: ShardRef) -> list[str]:
+    """``survivors_kept``: what is wrong with a shard's decision file, read back, if anything.
+
+    Every document of the pool shard is decided exactly once and nothing else is; every dropped
+    document points at a survivor that is a pool document of the recipe its own shard keeps; no
+    two documents the recipe keeps are exact duplicates (this shard's texts re-hashed from the
+    pool, the other shards' digests from their decision files). At most ``SHOWN_IDS`` problems.
+    """
+    t = read_parquet(_decision_path(layout, recipe, ref))
+    keys = t.column("key").to_pylist()
+    status = t.column("status").to_pylist()
+    pool = read_parquet(_pool_path(layout, recipe, ref), columns=["id", "text"])
+    pool_keys = [doc_key(ref.source, ref.shard, i) for i in pool.column("id").to_pylist()]
+    problems: list[str] = []
+    counts = Counter(keys)
+    problems += [f"decided {n} times: {k!r}" for k, n in sorted(counts.items()) if n > 1]
+    problems += [f"decided but not in the pool: {k!r}" for k in sorted(set(keys) - set(pool_keys))]
+    problems += [f"not decided: {k!r}" for k in sorted(set(pool_keys) - set(keys))]
+    status_of: dict[str, str] = dict(zip(keys, status, strict=True))
+    wanted: dict[tuple[str, str], list[tuple[str, str]]] = {}
+    for k, st, sv in zip(keys, status, t.column("survivor_key").to_pylist(), strict=True):
+        if st != KEPT:
+            source, shard, _ = split_key(sv)
+            wanted.setdefault((source, shard), []).append((k, sv))
+    others: dict[bytes, str] = {}
+    for source in exp.recipes[recipe].sources:
+        for path in sorted(layout.dedup_decisions_dir(recipe, source).glob("*.parquet")):
+            if path.name.startswith(".") or (source, path.stem) == (ref.source, ref.shard):
+                continue
+            other = read_parquet(path, columns=["key", "status", "exact"])
+            o_status = dict(
+                zip(
+                    other.column("key").to_pylist(), other.column("status").to_pylist(), strict=True
+                )
             )
-            if st == KEPT
-        }
-        if not keys <= kept:
-            return False
-    return True
+            for k, sv in wanted.pop((source, path.stem), []):
+                if o_status.get(sv) != KEPT:
+                    problems.append(f"{k!r} points at {sv!r}, which is not kept")
+            for k, st, h in zip(o_status, o_status.values(), other.column("exact").to_pylist(),
+                                strict=True):  # fmt: skip
+                if st == KEPT:
+                    others[h] = k
+    for k, sv in wanted.pop((ref.source, ref.shard), []):
+        if status_of.get(sv) != KEPT:
+            problems.append(f"{k!r} points at {sv!r}, which is not kept")
+    for pairs in wanted.values():
+        problems += [f"{k!r} points at {sv!r}, whose shard is not decided" for k, sv in pairs]
+    texts = dict(zip(pool_keys, pool.column("text").to_pylist(), strict=True))
+    mine: dict[bytes, str] = {}
+    for k, st in status_of.items():
+        if st != KEPT or k not in texts:
+            continue
+        h = dedup_lib.normalized_hash(texts[k])
+        twin = mine.get(h) or others.get(h)
+        if twin is not None:
+            pair = ", ".join(map(repr, sorted((twin, k))))
+            problems.append(f"kept documents are exact duplicates: {pair}")
+        mine[h] = k
+    return problems[:SHOWN_IDS]
+
+
+def _survivor_check(exp: Experiment, layout: Layout, recipe: str, ref: ShardRef) -> dict:
+    problems = survivor_problems(exp, layout, recipe, ref)
+    return {"survivors_kept": not problems} | ({"survivor_problems": problems} if problems else {})
 
 
 def recipe_decisions(exp: Experiment, layout: Layout, recipe: str) -> pa.Table:

@@ -8,7 +8,6 @@ dropped document keeps its reason in the stage's decision table, which dbt reads
 from __future__ import annotations
 
 from collections import Counter
-from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -17,16 +16,8 @@ from corpuslab.declarations import Experiment
 from corpuslab.fileio import digest, read_json, read_parquet, write_parquet
 from corpuslab.filters import Pipeline
 from corpuslab.layout import Layout
-from corpuslab.stages.common import decisions_table
+from corpuslab.stages.common import check_conservation, decisions_table
 from corpuslab.stages.quality import score_shard
-
-
-def _conservation(out_path: Path, decisions_path: Path, n_in: int) -> tuple[int, int, bool]:
-    """(kept, dropped, conserved) read back from the written output and decision files."""
-    n_kept = read_parquet(out_path, columns=["id"]).num_rows
-    back = read_parquet(decisions_path, columns=["kept"])
-    n_dropped = back.num_rows - int(pc.sum(back.column("kept")).as_py() or 0)
-    return n_kept, n_dropped, n_kept + n_dropped == n_in
 
 
 def materialize_pool_shard(
@@ -34,7 +25,8 @@ def materialize_pool_shard(
 ) -> dict:
     """Apply the recipe's per-document steps to one corpus shard; every drop keeps its reason."""
     decl = exp.recipes[recipe]
-    table = read_parquet(layout.corpus_dir(source) / f"{shard}.parquet")
+    src = layout.corpus_dir(source) / f"{shard}.parquet"
+    table = read_parquet(src)
     pipeline = Pipeline.from_decls(decl.steps)
     result = pipeline.run(table.column("text").to_pylist())
     decided = result.decisions
@@ -54,12 +46,12 @@ def materialize_pool_shard(
             "reason", decisions.filter(pc.invert(decisions.column("kept"))).column("reason")
         )
         write_parquet(dropped, layout.dropped_dir(recipe, source) / f"{shard}.parquet")
-    n_kept, n_dropped, conserved = _conservation(out, dpath, table.num_rows)
+    check = check_conservation(src, out, dpath)
     return {
         "path": str(out),
-        "documents_in": table.num_rows,
-        "kept": n_kept,
-        "dropped": n_dropped,
+        "documents_in": check.documents_in,
+        "kept": check.kept,
+        "dropped": check.dropped,
         "drop_reasons": dict(result.drop_reasons()),
         "modified": sum(result.modified),
         "steps": {
@@ -72,7 +64,8 @@ def materialize_pool_shard(
             }
             for st in result.steps
         },
-        "conserved": conserved,
+        "conserved": check.conserved,
+        **check.report(),
         "data_version": digest(out),
     }
 
@@ -85,7 +78,8 @@ def materialize_filtered_shard(
     Scores come from the recipe's recorded model (``quality_model/<recipe>``) and are written
     per shard for the score histogram; dropped documents keep their reason.
     """
-    table = read_parquet(layout.pool_dir(recipe, source) / f"{shard}.parquet")
+    src = layout.pool_dir(recipe, source) / f"{shard}.parquet"
+    table = read_parquet(src)
     ids = table.column("id").to_pylist()
     dpath = layout.dedup_decisions_dir(recipe, source) / f"{shard}.parquet"
     dedup = read_parquet(dpath, columns=["id", "status"])
@@ -128,13 +122,14 @@ def materialize_filtered_shard(
     write_parquet(scored, layout.scores_dir(recipe, source) / f"{shard}.parquet")
     decisions_path = layout.decisions_dir("filtered", source, recipe) / f"{shard}.parquet"
     write_parquet(decisions_table(ids, shard, decided), decisions_path)
-    n_kept, n_dropped, conserved = _conservation(out, decisions_path, table.num_rows)
+    check = check_conservation(src, out, decisions_path)
     return {
         "path": str(out),
-        "documents_in": table.num_rows,
-        "kept": n_kept,
-        "dropped": n_dropped,
+        "documents_in": check.documents_in,
+        "kept": check.kept,
+        "dropped": check.dropped,
         "drop_reasons": dict(Counter(f"{d[0]}:{d[1]}" for d in decided if d is not None)),
-        "conserved": conserved,
+        "conserved": check.conserved,
+        **check.report(),
         "data_version": digest(out),
     }

@@ -1,82 +1,63 @@
-"""End to end through Dagster: a tiny real experiment materialized with ``corpuslab``'s engine
-(declarative automation conditions evaluated against a real instance), then staleness and an
-incremental shard.
+"""End to end through Dagster: the tiny experiment materialized with ``corpuslab``'s engine
+(declarative automation conditions evaluated against a real instance), then staleness, an
+incremental shard and a killed training materialization.
 
-A temporary Dagster instance and a SQLite MLflow store; DeepSpeed really trains (CPU, gloo) in
-a subprocess launched through Pipes; dbt-duckdb really builds the statistics.
+The home is the session's ``materialized`` fixture (tests/conftest.py): a temporary Dagster
+instance and a SQLite MLflow store; DeepSpeed really trains (CPU, gloo) in a subprocess launched
+through Pipes; dbt-duckdb really builds the statistics. Tests that change a home work on a
+copy of it (``copied``).
 """
 
 from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import dagster as dg
 import duckdb
 import mlflow
+import numpy as np
+import pyarrow.parquet as pq
 import pytest
 
 from assets.partitions import shard_partitions
-from cli.materialize import RunReport, materialize
+from cli.materialize import materialize
 from cli.status import status
 from corpuslab.declarations import load_experiment
 from corpuslab.fileio import digest
 from corpuslab.layout import Layout
 from definitions import build
 from jobs.sensors import shard_requests
+from tests.conftest import STRICT_DEDUP, Materialized, edit_experiment
 
 
-def _add_shards(exp_dir: Path, home: Path, instance: dg.DagsterInstance) -> dict:
-    new = shard_requests(load_experiment(exp_dir), Layout(home), instance)
-    for source, keys in new.items():
-        instance.add_dynamic_partitions(shard_partitions(source).name, keys)
-    return new
-
-
-@pytest.fixture(scope="module")
-def materialized(
-    tmp_path_factory: pytest.TempPathFactory, tiny_raw: Path
-) -> tuple[Path, Path, dg.DagsterInstance, list[RunReport]]:
-    from tests.conftest import write_experiment
-
-    base = tmp_path_factory.mktemp("e2e")
-    home = base / "home"
-    shutil.copytree(tiny_raw, home / "raw")
-    exp_dir = write_experiment(base / "experiments")
-    mp = pytest.MonkeyPatch()
-    mp.setenv("CORPUSLAB_HOME", str(home))
-    mp.setenv("DS_ACCELERATOR", "cpu")
-    mp.delenv("MLFLOW_TRACKING_URI", raising=False)
-    (base / "dagster").mkdir()
-    with dg.instance_for_test(temp_dir=str(base / "dagster")) as instance:
-        _add_shards(exp_dir, home, instance)
-        defs = build(exp_dir, home=home, now=True)
-        reports = materialize(defs, instance, log=lambda _: None)
-        yield home, exp_dir, instance, reports
-    mp.undo()
-
-
-def test_everything_materialized_and_checks_passed(materialized) -> None:  # type: ignore[no-untyped-def]
+def test_everything_materialized_and_checks_passed(materialized: Materialized) -> None:
     home, exp_dir, instance, reports = materialized
     assert reports and all(r.success for r in reports)
     checks = {k: v for r in reports for k, v in r.checks.items()}
     assert checks and all(checks.values()), checks
-    # conservation checked on every shard of every sharded stage (2 shards per source)
-    assert sum(k.startswith("corpus/code:documents_conserved") for k in checks) == 2
-    assert sum(k.startswith("pool/strict/packages:documents_conserved") for k in checks) == 2
-    assert sum(k.startswith("filtered/lenient/docstrings:documents_conserved") for k in checks) == 2
-    assert sum(k.startswith("dedup/lenient/code:survivors_kept") for k in checks) == 2
+    # conservation checked on every shard of every sharded stage, survivors on every dedup shard
+    graph = build(exp_dir, home=home).resolve_asset_graph()
+    expected = set()
+    for key in graph.materializable_asset_keys:
+        pdef = graph.get(key).partitions_def
+        if pdef is not None:
+            check = "survivors_kept" if key.path[0] == "dedup" else "documents_conserved"
+            for shard in pdef.get_partition_keys(dynamic_partitions_store=instance):
+                expected.add(f"{key.to_user_string()}:{check}[{shard}]")
+    assert len(expected) == 4 * 2 + 2 * (2 + 2) * 2 + 4 * 2  # corpus, pool and filtered; dedup
+    assert {k for k in checks if not k.startswith("stats/")} == expected
+    assert any(k.startswith("stats/") for k in checks)  # and dbt's tests, as asset checks
     # every asset once: the engine waits for every input that may still change
     units = [(k, r.partition) for r in reports for k in r.keys]
     assert len(units) == len(set(units))
 
 
-def test_eval_metrics_and_artifacts_in_mlflow(materialized) -> None:  # type: ignore[no-untyped-def]
+def test_eval_metrics_and_artifacts_in_mlflow(materialized: Materialized) -> None:
     home, *_ = materialized
     layout = Layout(home)
-    import json
-
     info = json.loads((layout.run_dir("smoke") / "mlflow.json").read_text())
     client = mlflow.MlflowClient(info["tracking_uri"])
     run = client.get_run(info["run_id"])
@@ -97,9 +78,9 @@ def test_eval_metrics_and_artifacts_in_mlflow(materialized) -> None:  # type: ig
     assert run.info.status == "FINISHED"
 
 
-def test_doremi_and_entropy_mixtures_materialize_with_their_weights(materialized) -> None:  # type: ignore[no-untyped-def]
-    import json
-
+def test_doremi_and_entropy_mixtures_materialize_with_their_weights(
+    materialized: Materialized,
+) -> None:
     home, *_ = materialized
     layout = Layout(home)
     weights = json.loads((layout.doremi_dir("dro") / "weights.json").read_text())
@@ -110,14 +91,22 @@ def test_doremi_and_entropy_mixtures_materialize_with_their_weights(materialized
     assert weights["reference_weights"] == pytest.approx(
         json.loads((layout.mixture_dir("small") / "mixture.json").read_text())["weights"]
     )
-    assert all(v >= 0 for v in weights["mean_excess_loss"].values())
+    # the weights are the average of the proxy's per-step weights, as its report recorded them
+    report = json.loads((layout.doremi_dir("dro") / "proxy" / "doremi.json").read_text())
+    mean = np.mean(report["trajectory"], axis=0)
+    expected = dict(zip(report["domains"], (mean / mean.sum()).tolist(), strict=True))
+    assert weights["weights"] == pytest.approx(expected)
+    assert weights["mean_excess_loss"] == report["mean_excess_loss"] and report["updates"] == 6
     # the proxy's MLflow run holds the trajectory (live metrics, report, plot)
     proxy = json.loads((layout.doremi_dir("dro") / "proxy" / "mlflow.json").read_text())
     client = mlflow.MlflowClient(proxy["tracking_uri"])
     run = client.get_run(proxy["run_id"])
     assert run.data.tags["corpuslab.doremi.role"] == "proxy" and run.info.status == "FINISHED"
     history = client.get_metric_history(proxy["run_id"], "doremi.weight.code")
-    assert [m.step for m in history] == [2, 4, 6]
+    code = report["domains"].index("code")
+    assert [(m.step, m.value) for m in history] == [
+        (s, pytest.approx(report["trajectory"][s - 1][code])) for s in (2, 4, 6)
+    ]
     files = {a.path for a in client.list_artifacts(proxy["run_id"], "doremi")}
     assert {"doremi/weights.json", "doremi/weights_trajectory.png", "doremi/doremi.json"} <= files
     png = layout.doremi_dir("dro") / "weights_trajectory.png"
@@ -133,24 +122,67 @@ def test_doremi_and_entropy_mixtures_materialize_with_their_weights(materialized
     assert not layout.tokenizer_dir("dro").exists()
 
 
-def test_dbt_counts_add_up(materialized) -> None:  # type: ignore[no-untyped-def]
-    home, *_ = materialized
-    con = duckdb.connect(str(Layout(home).duckdb_path), read_only=True)
+def _rows(folder: Path) -> int:
+    return sum(pq.read_metadata(p).num_rows for p in folder.glob("*.parquet"))
+
+
+def test_dbt_counts_match_the_files_the_stages_wrote(materialized: Materialized) -> None:
+    """dbt's per-stage counts against rows counted in the stages' Parquet outputs (not in the
+    decision tables dbt reads): a stage's documents in are its input's rows, kept its output's."""
+    home, exp_dir, *_ = materialized
+    layout, exp = Layout(home), load_experiment(exp_dir)
+    con = duckdb.connect(str(layout.duckdb_path), read_only=True)
     rows = con.execute(
         "select stage, recipe, source, documents_in, kept, dropped from stage_summary"
     ).fetchall()
     reasons = con.execute("select outcome from stage_counts where stage = 'pool'").fetchall()
     con.close()
-    assert {(r[0], r[1], r[2]) for r in rows} >= {
-        ("pool", "strict", "packages"),
-        ("filtered", "lenient", "code"),
-        ("corpus", "_", "reference"),
-    }
-    assert all(n_in == kept + dropped for *_, n_in, kept, dropped in rows)
+    got = {(stage, recipe, source): tuple(n) for stage, recipe, source, *n in rows}
+    expected = {}
+    for source in exp.sources:
+        quarantined = sum(
+            len(p.read_text().splitlines()) for p in layout.quarantine_dir(source).glob("*.jsonl")
+        )
+        docs = _rows(layout.corpus_dir(source))
+        expected[("corpus", "_", source)] = (docs + quarantined, docs, quarantined)
+    for recipe, decl in exp.recipes.items():
+        for source in decl.sources:
+            corpus, pool = layout.corpus_dir(source), layout.pool_dir(recipe, source)
+            filtered = layout.filtered_dir(recipe, source)
+            for stage, inp, out in (("pool", corpus, pool), ("filtered", pool, filtered)):
+                n_in, kept = _rows(inp), _rows(out)
+                if n_in:  # a stage given no documents decides nothing: no row
+                    expected[(stage, recipe, source)] = (n_in, kept, n_in - kept)
+    assert got == expected
+    assert all(v[1] > 0 for k, v in got.items() if k[0] == "corpus")
+    assert any(v[2] > 0 for k, v in got.items() if k[0] == "pool")  # the recipes do drop
     assert any(o.startswith("gopher_quality:") for (o,) in reasons)
 
 
-def test_nothing_due_on_second_run(materialized) -> None:  # type: ignore[no-untyped-def]
+def _add_shards(exp_dir: Path, home: Path, instance: dg.DagsterInstance) -> dict:
+    new = shard_requests(load_experiment(exp_dir), Layout(home), instance)
+    for source, keys in new.items():
+        instance.add_dynamic_partitions(shard_partitions(source).name, keys)
+    return new
+
+
+@pytest.fixture()
+def copied(
+    materialized: Materialized, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Materialized]:
+    """A copy of the session's materialized home and Dagster instance, for tests that change
+    them (the MLflow store's recorded artifact folder still names the original home)."""
+    base = tmp_path / "copy"
+    home = base / "home"
+    shutil.copytree(materialized.home, home)
+    exp_dir = shutil.copytree(materialized.exp_dir, base / "experiments")
+    dagster_dir = shutil.copytree(materialized.instance.root_directory, base / "dagster")
+    monkeypatch.setenv("CORPUSLAB_HOME", str(home))
+    with dg.instance_for_test(temp_dir=str(dagster_dir)) as instance:
+        yield Materialized(home, exp_dir, instance, [])
+
+
+def test_nothing_due_on_second_run(materialized: Materialized) -> None:
     home, exp_dir, instance, _ = materialized
     defs = build(exp_dir, home=home, now=True)
     assert status(defs, instance) == {}
@@ -158,12 +190,7 @@ def test_nothing_due_on_second_run(materialized) -> None:  # type: ignore[no-unt
 
 
 def _edited(exp_dir: Path, dst: Path, old: str, new: str) -> Path:
-    shutil.copytree(exp_dir, dst)
-    recipes = dst / "recipes.yaml"
-    text = recipes.read_text()
-    assert old in text
-    recipes.write_text(text.replace(old, new, 1))
-    return dst
+    return edit_experiment(exp_dir, dst, "recipes.yaml", old, new)
 
 
 def _due(defs: dg.Definitions, instance: dg.DagsterInstance) -> set[str]:
@@ -171,16 +198,16 @@ def _due(defs: dg.Definitions, instance: dg.DagsterInstance) -> set[str]:
     return {line.split("[")[0].split(":")[0] for line in status(defs, instance).get("due", [])}
 
 
-def test_editing_one_recipe_makes_only_its_assets_due(materialized, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_editing_one_recipe_makes_only_its_assets_due(
+    materialized: Materialized, tmp_path: Path
+) -> None:
     home, exp_dir, instance, _ = materialized
     # the strict recipe's dedup threshold: strict's dedup shards, by their declaration
     edited = _edited(
         exp_dir,
         tmp_path / "a",
-        "threshold: 0.8}\n    quality: {positive_source: reference, "
-        "negative_sample: 60, keep_fraction: 0.8}",
-        "threshold: 0.7}\n    quality: {positive_source: reference, "
-        "negative_sample: 60, keep_fraction: 0.8}",
+        STRICT_DEDUP,
+        STRICT_DEDUP.replace("threshold: 0.8", "threshold: 0.7"),
     )
     lines = status(build(edited, home=home, now=True), instance)
     assert {line.split("[")[0] for line in lines["due"]} == {
@@ -203,14 +230,14 @@ def test_editing_one_recipe_makes_only_its_assets_due(materialized, tmp_path: Pa
     }
 
 
-def test_a_new_shard_changes_no_decision_about_existing_shards(materialized) -> None:  # type: ignore[no-untyped-def]
+def test_a_new_shard_changes_no_decision_about_existing_shards(copied: Materialized) -> None:
     """Add a raw shard: only its own per-shard assets run, the quality model is kept (same
     bytes), every existing dedup and filtered shard keeps its output, and the new shard's
     duplicates of existing documents are dropped in favour of the existing survivors."""
-    home, exp_dir, instance, _ = materialized
+    home, exp_dir, instance, _ = copied
     layout = Layout(home)
     raw = home / "raw" / "code"
-    existing = sorted(p.name for p in raw.iterdir())
+    existing = sorted(p.name for p in raw.iterdir() if not p.name.startswith("."))
     # the new shard: an existing shard's documents again (all duplicates) under new ids
     from corpuslab.ingest.readers import read_raw_shard
 
@@ -305,8 +332,8 @@ def _losses(layout: Layout, run: str) -> dict[int, float]:
     return {m.step: m.value for m in client.get_metric_history(info["run_id"], "loss")}
 
 
-def test_a_killed_training_materialization_resumes_into_the_same_mlflow_run(  # type: ignore[no-untyped-def]
-    materialized, tmp_path: Path
+def test_a_killed_training_materialization_resumes_into_the_same_mlflow_run(
+    copied: Materialized, tmp_path: Path
 ) -> None:
     """SIGKILL `corpuslab materialize` (and its torchrun) after a checkpoint; materializing again
     resumes from that checkpoint into the same MLflow run and ends where an uninterrupted run
@@ -317,7 +344,7 @@ def test_a_killed_training_materialization_resumes_into_the_same_mlflow_run(  # 
     import sys
     import time
 
-    home, exp_dir, instance, _ = materialized
+    home, exp_dir, instance, _ = copied
     layout = Layout(home)
     edited = tmp_path / "exp"
     shutil.copytree(exp_dir, edited)

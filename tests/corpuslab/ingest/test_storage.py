@@ -1,7 +1,8 @@
 """Storage: local folders and s3:// prefixes read the same, against a real S3 server (moto).
 
-The server runs on 127.0.0.1 for this module only; the shards uploaded to it are the local ones,
-real Python documentation text in every raw format, uploaded with boto3 (not the code under test).
+The server runs on 127.0.0.1 once a session (``s3_server``); this module's bucket holds the local
+shards, real Python documentation text in every raw format, uploaded with boto3 (not the code
+under test).
 """
 
 from __future__ import annotations
@@ -110,17 +111,17 @@ def build_raw(root: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def raw(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_raw(tmp_path_factory.mktemp("raw"))
+def raw(raw_formats: Path) -> Path:
+    return raw_formats
 
 
 @pytest.fixture(scope="module")
-def s3(raw: Path) -> Iterator[S3Server]:
-    with moto_server() as server:
-        client = server.client()
-        client.create_bucket(Bucket=BUCKET)
-        upload_tree(client, raw, BUCKET, "raw")
-        yield server
+def s3(raw: Path, s3_server: S3Server) -> S3Server:
+    """The session's S3 server with this module's bucket: the raw files under ``raw/``."""
+    client = s3_server.client()
+    client.create_bucket(Bucket=BUCKET)
+    upload_tree(client, raw, BUCKET, "raw")
+    return s3_server
 
 
 def _comparable(result: ReadResult) -> tuple:

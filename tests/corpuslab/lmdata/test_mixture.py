@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import inspect
 import json
+import os
+import subprocess
+import sys
 import textwrap
 from pathlib import Path
 
@@ -14,13 +17,51 @@ from corpuslab.lmdata import mixture as mx
 from corpuslab.lmdata import tokenize as tk
 from tests.corpuslab.lmdata import reference
 
+HELDOUT_IDS = [f"doc/{i}" for i in range(20000)]
+HELDOUT_SCRIPT = """
+import json
+from corpuslab.lmdata.mixture import is_heldout
+ids = [f"doc/{i}" for i in range(20000)]
+print(json.dumps([i for i, d in enumerate(ids) if is_heldout(d, 0.05)]))
+"""
 
-def test_heldout_is_deterministic_and_near_fraction() -> None:
-    ids = [f"doc/{i}" for i in range(20000)]
-    held = [mx.is_heldout(i, 0.05) for i in ids]
-    assert held == [mx.is_heldout(i, 0.05) for i in ids]
-    assert 0.04 < sum(held) / len(ids) < 0.06
-    assert held != [mx.is_heldout(i, 0.05, seed=1) for i in ids]
+
+def _heldout_in_a_process(hash_seed: str) -> list[int]:
+    """Indices of the held-out ids as a fresh interpreter with ``PYTHONHASHSEED`` computes them."""
+    env = {**os.environ, "PYTHONHASHSEED": hash_seed}
+    env["PYTHONPATH"] = os.pathsep.join(
+        [str(Path(mx.__file__).parents[2]), env.get("PYTHONPATH", "")]
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", HELDOUT_SCRIPT], env=env, capture_output=True, text=True, check=True
+    )
+    return json.loads(out.stdout)
+
+
+def test_heldout_is_near_fraction_and_depends_on_the_seed() -> None:
+    held = [mx.is_heldout(i, 0.05) for i in HELDOUT_IDS]
+    assert 0.04 < sum(held) / len(HELDOUT_IDS) < 0.06
+    assert held != [mx.is_heldout(i, 0.05, seed=1) for i in HELDOUT_IDS]
+
+
+def test_heldout_membership_is_the_same_in_processes_with_different_hash_seeds() -> None:
+    """Membership must not depend on Python's salted ``hash()``: a rerun, another rank or
+    another machine holds out the same documents (str hashes differ between these processes)."""
+    here = [i for i, d in enumerate(HELDOUT_IDS) if mx.is_heldout(d, 0.05)]
+    one, two = _heldout_in_a_process("1"), _heldout_in_a_process("2")
+    assert one == two == here and len(here) > 800
+    probe = 'print(hash("doc/1"))'
+    hashes = {
+        subprocess.run(
+            [sys.executable, "-c", probe],
+            env={**os.environ, "PYTHONHASHSEED": seed},
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        for seed in ("1", "2")
+    }
+    assert len(hashes) == 2  # the two processes really did hash strings differently
 
 
 def test_weights() -> None:
