@@ -132,7 +132,22 @@ def find_duplicates_from_signatures(
     edges_b = np.concatenate([reps[group[order]], reps[verified[:, 1]]])
     graph = sparse.coo_matrix((np.ones(len(edges_a), dtype=np.int8), (edges_a, edges_b)), (n, n))
     _, labels = connected_components(graph, directed=False)
+    return result_from_labels(
+        ids,
+        labels,
+        n_candidate_pairs=same_sig_pairs + int(weight.sum()),
+        n_verified_pairs=same_sig_pairs + int(weight[ok].sum()),
+    )
 
+
+def result_from_labels(
+    ids: Sequence[str], labels: np.ndarray, *, n_candidate_pairs: int, n_verified_pairs: int
+) -> DedupResult:
+    """Clusters from component labels (any numbering): each keeps its smallest id.
+
+    Shared by the in-memory and the banded path, so both build results the same way.
+    """
+    n = len(ids)
     by_id = sorted(range(n), key=ids.__getitem__)
     rank = np.empty(n, dtype=np.int64)
     rank[by_id] = np.arange(n)
@@ -141,9 +156,7 @@ def find_duplicates_from_signatures(
     comp_size = np.bincount(labels)
 
     result = DedupResult(
-        n_docs=n,
-        n_candidate_pairs=same_sig_pairs + int(weight.sum()),
-        n_verified_pairs=same_sig_pairs + int(weight[ok].sum()),
+        n_docs=n, n_candidate_pairs=n_candidate_pairs, n_verified_pairs=n_verified_pairs
     )
     for i in by_id:
         label = labels[i]
