@@ -12,6 +12,7 @@ from corpuslab.stages.dedup import materialize_dedup
 from corpuslab.stages.pool import materialize_filtered_shard, materialize_pool_shard
 from corpuslab.stages.quality import materialize_quality_model
 from corpuslab.stages.versions import code_version
+from resources.compute import ComputeResource
 from resources.home import CorpuslabHome
 
 SURVIVORS = "survivors_kept"
@@ -31,8 +32,12 @@ def pool_asset(exp: Experiment, recipe: str, source: str) -> dg.AssetsDefinition
         f"(declared in {exp.where('recipes', recipe)}).",
         check_specs=[dg.AssetCheckSpec(CONSERVED, asset=key, blocking=True)],
     )
-    def _pool(context: dg.AssetExecutionContext, home: CorpuslabHome) -> dg.MaterializeResult:
-        summary = materialize_pool_shard(exp, home.layout(), recipe, source, context.partition_key)
+    def _pool(
+        context: dg.AssetExecutionContext, home: CorpuslabHome, compute: ComputeResource
+    ) -> dg.MaterializeResult:
+        summary = compute.run(
+            materialize_pool_shard, exp, home.layout(), recipe, source, context.partition_key
+        )
         return result(key, summary, [conservation(key, summary, "documents_in", "kept", "dropped")])
 
     return _pool
@@ -50,8 +55,8 @@ def dedup_asset(exp: Experiment, recipe: str) -> dg.AssetsDefinition:
         description=f"Exact and MinHash-LSH near-duplicates across all shards of '{recipe}'.",
         check_specs=[dg.AssetCheckSpec(SURVIVORS, asset=key, blocking=True)],
     )
-    def _dedup(home: CorpuslabHome) -> dg.MaterializeResult:
-        summary = materialize_dedup(exp, home.layout(), recipe)
+    def _dedup(home: CorpuslabHome, compute: ComputeResource) -> dg.MaterializeResult:
+        summary = materialize_dedup(exp, home.layout(), recipe, compute)
         check = dg.AssetCheckResult(
             asset_key=key,
             check_name=SURVIVORS,
@@ -107,9 +112,11 @@ def filtered_asset(exp: Experiment, recipe: str, source: str) -> dg.AssetsDefini
         description=f"Pool '{recipe}/{source}' minus duplicates, above the quality threshold.",
         check_specs=[dg.AssetCheckSpec(CONSERVED, asset=key, blocking=True)],
     )
-    def _filtered(context: dg.AssetExecutionContext, home: CorpuslabHome) -> dg.MaterializeResult:
-        summary = materialize_filtered_shard(
-            exp, home.layout(), recipe, source, context.partition_key
+    def _filtered(
+        context: dg.AssetExecutionContext, home: CorpuslabHome, compute: ComputeResource
+    ) -> dg.MaterializeResult:
+        summary = compute.run(
+            materialize_filtered_shard, exp, home.layout(), recipe, source, context.partition_key
         )
         return result(key, summary, [conservation(key, summary, "documents_in", "kept", "dropped")])
 

@@ -15,9 +15,20 @@ original exception type, so a ``CorpusError`` in a task is still a ``CorpusError
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Callable, Iterable, Mapping
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
@@ -140,3 +151,103 @@ class RayCompute:
 
 
 LOCAL = LocalCompute()
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass(frozen=True)
+class RayHead:
+    """A running local Ray head: its address and its temp folder (sessions, logs)."""
+
+    address: str
+    temp_dir: Path
+
+    def task_names(self) -> Counter[str]:
+        """How many tasks of each function the workers started (Ray's ``:task_name:`` log
+        markers), to show that work really ran on the cluster."""
+        names: Counter[str] = Counter()
+        for out in self.temp_dir.glob("session_2*/logs/worker-*.out"):  # not session_latest
+            for line in out.read_text(errors="replace").splitlines():
+                if line.startswith(":task_name:"):
+                    names[line.removeprefix(":task_name:")] += 1
+        return names
+
+
+def _group_alive(pgid: int, exclude: int) -> bool:
+    """Whether a process other than ``exclude`` is left in process group ``pgid`` (Linux)."""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            pid = int(stat.parent.name)
+            if int(fields[2]) == pgid and pid != exclude and fields[0] != "Z":
+                return True
+    return False
+
+
+@contextlib.contextmanager
+def local_ray_head(num_cpus: int = 2, timeout: float = 120.0) -> Iterator[RayHead]:
+    """A Ray head on this machine for tests, benchmarks and laptops (``num_cpus`` task slots).
+
+    ``ray start --head --block`` in its own process group, every port it listens on picked free
+    (so several heads can share a machine), stopped by signalling that group only: never
+    ``ray stop``, which ends every Ray process on the machine. Ray advertises the machine's
+    own address even when asked for 127.0.0.1; traffic stays on this host. Token
+    authentication is on, with a fresh token in this process's environment while it runs.
+    """
+    temp = Path(tempfile.mkdtemp(prefix="ray-", dir="/tmp"))  # short: unix socket paths
+    port = _free_port()
+    ray_cli = Path(sys.executable).with_name("ray")
+    cmd = [
+        str(ray_cli) if ray_cli.exists() else "ray",
+        "start",
+        "--head",
+        "--block",
+        "--node-ip-address=127.0.0.1",
+        f"--port={port}",
+        f"--num-cpus={num_cpus}",
+        "--include-dashboard=false",
+        f"--dashboard-port={_free_port()}",
+        f"--dashboard-agent-listen-port={_free_port()}",
+        f"--ray-client-server-port={_free_port()}",
+        "--disable-usage-stats",
+        f"--temp-dir={temp}",
+    ]
+    log = open(temp / "head.log", "wb")  # noqa: SIM115 - closed below
+    # token authentication with a fresh token; drivers started from here (Dagster step
+    # processes included) inherit it through the environment, restored on exit
+    auth = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
+    saved = {k: os.environ.get(k) for k in auth}
+    os.environ.update(auth)
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    proc = subprocess.Popen(
+        cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+    )
+    try:
+        deadline = time.monotonic() + timeout
+        while not (temp / "ray_current_cluster").exists():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                log.flush()
+                tail = (temp / "head.log").read_text(errors="replace")[-2000:]
+                raise RuntimeError(f"the Ray head did not start ({' '.join(cmd)}):\n{tail}")
+            time.sleep(0.2)
+        yield RayHead(f"127.0.0.1:{port}", temp)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)  # the daemons exit gracefully on SIGTERM
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and _group_alive(proc.pid, exclude=proc.pid):
+            time.sleep(0.2)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)  # `ray start --block` itself, and stragglers
+        proc.wait()
+        log.close()
+        shutil.rmtree(temp, ignore_errors=True)
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
