@@ -2,14 +2,21 @@
 
 Both run the same entry point (``infra/entrypoints/train.py --spec spec.json``) and report
 back through Dagster Pipes, so ``train/<run>`` stays the same asset on a laptop and a cluster.
+``nodes > 1`` spreads the ranks over several torchrun agents with a static rendezvous
+(:mod:`corpuslab.training.launch`); locally the extra "nodes" are processes on this machine,
+which is how the multi-node path is exercised without a cluster.
 """
 
+import os
+import socket
 import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
 import dagster as dg
+
+from corpuslab.training.launch import split_ranks, start_nodes, torchrun_command, wait_nodes
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TRAIN_ENTRYPOINT = REPO_ROOT / "infra" / "entrypoints" / "train.py"
@@ -29,20 +36,30 @@ class TrainingLauncher(dg.ConfigurableResource):
     home_mount_path: str | None = None
     gpus_per_pod: int = 0
     python: str = sys.executable
+    nodes: int = 1  # torchrun agents the ranks are spread over (local: processes here)
+    master_addr: str = "127.0.0.1"  # multi-node: where node 0's rendezvous store listens
+    master_port: int | None = None  # multi-node: its port (local: a free one when unset)
 
-    def command(self, ranks: int, spec_path: Path, python: str | None = None) -> list[str]:
-        """The launch command; ``--standalone`` lets parallel local runs pick free ports."""
+    def command(
+        self,
+        ranks: int,
+        spec_path: Path,
+        python: str | None = None,
+        node_rank: int = 0,
+        master_port: int | None = None,
+    ) -> list[str]:
+        """Node ``node_rank``'s launch command; one node uses ``--standalone`` (free ports)."""
         entry = TRAIN_ENTRYPOINT if self.mode == "local" else "infra/entrypoints/train.py"
-        return [
+        return torchrun_command(
             python or self.python,
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
-            f"--nproc_per_node={ranks}",
-            str(entry),
-            "--spec",
-            str(spec_path),
-        ]
+            entry,
+            spec_path,
+            split_ranks(ranks, self.nodes),
+            nnodes=self.nodes,
+            node_rank=node_rank,
+            master_addr=self.master_addr,
+            master_port=master_port or self.master_port,
+        )
 
     def pod_spec(self, ranks: int) -> dict[str, Any]:
         """Pod spec for k8s mode: GPUs, a large /dev/shm for NCCL, the shared home volume."""
@@ -76,13 +93,15 @@ class TrainingLauncher(dg.ConfigurableResource):
         env: Mapping[str, str],
         extras: Mapping[str, Any],
     ) -> dg.PipesClientCompletedInvocation:
-        if self.mode == "local":
+        if self.mode == "local" and self.nodes == 1:
             return dg.PipesSubprocessClient().run(
                 context=context,
                 command=self.command(ranks, spec_path),
                 env=dict(env),
                 extras=dict(extras),
             )
+        if self.mode == "local":
+            return self._launch_local_nodes(context, spec_path, ranks, env, extras)
         try:
             from dagster_k8s import PipesK8sClient
         except ImportError as exc:  # optional: only clusters need it
@@ -98,3 +117,39 @@ class TrainingLauncher(dg.ConfigurableResource):
             extras=dict(extras),
             base_pod_spec=self.pod_spec(ranks),
         )
+
+    def _launch_local_nodes(
+        self,
+        context: dg.AssetExecutionContext,
+        spec_path: Path,
+        ranks: int,
+        env: Mapping[str, str],
+        extras: Mapping[str, Any],
+    ) -> dg.PipesClientCompletedInvocation:
+        """Nodes 1.. as plain local processes, node 0 (global rank 0) through Pipes."""
+        port = self.master_port
+        if port is None:
+            with socket.socket() as sock:
+                sock.bind((self.master_addr, 0))
+                port = sock.getsockname()[1]
+        others = [self.command(ranks, spec_path, node_rank=i, master_port=port)
+                  for i in range(1, self.nodes)]  # fmt: skip
+        # the other nodes get this process's environment as node 0 does, without Pipes' context
+        node_env = {
+            k: v for k, v in {**os.environ, **env}.items() if not k.startswith("DAGSTER_PIPES")
+        }
+        procs = start_nodes(others, node_env)
+        try:
+            done = dg.PipesSubprocessClient().run(
+                context=context,
+                command=self.command(ranks, spec_path, node_rank=0, master_port=port),
+                env=dict(env),
+                extras=dict(extras),
+            )
+            wait_nodes(procs, timeout=600)
+            return done
+        finally:
+            for proc in procs:
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait()
