@@ -102,6 +102,10 @@ class TrainingLauncher(dg.ConfigurableResource):
             )
         if self.mode == "local":
             return self._launch_local_nodes(context, spec_path, ranks, env, extras)
+        if self.nodes > 1:  # one pod a node needs a headless service for node 0: not yet
+            raise ValueError(
+                "k8s training launches one pod; nodes > 1 runs locally only (see infra/README.md)"
+            )
         try:
             from dagster_k8s import PipesK8sClient
         except ImportError as exc:  # optional: only clusters need it

@@ -99,3 +99,32 @@ def test_two_local_nodes_train_the_same_losses_as_one_node_with_two_ranks(
     assert sorted(runs[1]) == sorted(runs[2]) == list(range(1, 9))
     assert [runs[2][s]["loss"] for s in range(1, 9)] == [runs[1][s]["loss"] for s in range(1, 9)]
     assert runs[1][8]["loss"] < runs[1][1]["loss"]  # it trained
+
+
+def test_k8s_training_pod_validates_against_the_kubernetes_models() -> None:
+    """The pod PipesK8sClient would create, built by dagster-k8s's own ``build_pod_body`` into
+    the kubernetes client's ``V1Pod`` (models generated from the Kubernetes OpenAPI schema:
+    unknown keys and missing required fields raise). No API server runs here."""
+    import kubernetes
+    from dagster_k8s.pipes import build_pod_body
+
+    launcher = TrainingLauncher(
+        mode="k8s", image="corpuslab:1", home_volume_claim="home", home_mount_path="/data"
+    )
+    cmd = launcher.command(4, Path("/data/runs/x/spec.json"), python="python")
+    pod = build_pod_body("train-x", "corpuslab:1", cmd, {"A": "1"}, None, launcher.pod_spec(4))
+    body = kubernetes.client.ApiClient().sanitize_for_serialization(pod)
+    (container,) = body["spec"]["containers"]
+    assert container["resources"]["limits"] == {"nvidia.com/gpu": "4"}
+    assert {"mountPath": "/dev/shm", "name": "dshm"} in container["volumeMounts"]
+    assert body["spec"]["volumes"][0]["persistentVolumeClaim"] == {"claimName": "home"}
+    assert body["spec"]["restartPolicy"] == "Never" and container["command"] == cmd
+    # the same validation rejects what a typo or a missing field would send to the API server
+    broken = launcher.pod_spec(4)
+    broken["containers"][0]["volume_mount"] = []
+    with pytest.raises(Exception, match="Unexpected keys"):
+        build_pod_body("train-x", "corpuslab:1", cmd, {}, None, broken)
+    broken = launcher.pod_spec(4)
+    broken["volumes"][0]["persistent_volume_claim"] = {}
+    with pytest.raises(ValueError, match="claim_name"):
+        build_pod_body("train-x", "corpuslab:1", cmd, {}, None, broken)
