@@ -11,8 +11,10 @@ task a shard, the same stage functions the assets call. Modes, in the same scrip
   through :class:`corpuslab.compute.RayCompute`, as the ``compute`` resource submits them.
 
 Each pool or head is started and warmed with one shard first (not timed; Ray's head start-up
-and its first task are reported apart), then the whole corpus is timed; modes alternate over
-``--repeats`` rounds and the best time of each counts. Reported: scaling efficiency
+and its first task are reported apart), then the whole corpus is timed, with the CPU seconds
+the tasks themselves spent; modes alternate over ``--repeats`` rounds and the best wall time
+of each counts. On a shared machine the task CPU time is the stable figure: wall time minus
+task CPU time per worker is waiting (for a core, or on the engine). Reported: scaling efficiency
 ``T(1) / (2 T(2))`` for each engine, and Ray's overhead ``T(ray-N) / T(local-N)``. Every mode
 must write the same pool bytes (checked).
 
@@ -61,17 +63,20 @@ recipes:
 """
 
 
-def shard_work(job: Job) -> str:
-    """Corpus then pool of one shard (what the two per-shard assets run); the pool's digest."""
+def shard_work(job: Job) -> tuple[str, float]:
+    """Corpus then pool of one shard (what the two per-shard assets run): the pool's digest and
+    the CPU seconds the task's process spent on it (a worker runs one task at a time)."""
     from corpuslab.declarations import load_experiment
     from corpuslab.layout import Layout
     from corpuslab.stages.corpus import materialize_corpus_shard
     from corpuslab.stages.pool import materialize_pool_shard
 
+    cpu = time.process_time()
     exp_dir, home, source, shard = job
     exp, layout = load_experiment(exp_dir), Layout(home)
     materialize_corpus_shard(exp, layout, source, shard)
-    return materialize_pool_shard(exp, layout, "dclm", source, shard)["data_version"]
+    digest = materialize_pool_shard(exp, layout, "dclm", source, shard)["data_version"]
+    return digest, time.process_time() - cpu
 
 
 def jobs_for(exp_dir: Path, home: Path) -> list[Job]:
@@ -94,7 +99,7 @@ def fresh_home(raw: Path, root: Path, name: str) -> Path:
     return home
 
 
-def time_local(workers: int, jobs: list[Job]) -> tuple[float, list[str]]:
+def time_local(workers: int, jobs: list[Job]) -> tuple[float, list[tuple[str, float]]]:
     """A warmed pool of ``workers`` forked processes over every job: (seconds, digests)."""
     ctx = multiprocessing.get_context("fork")
     with ProcessPoolExecutor(workers, mp_context=ctx) as pool:
@@ -113,6 +118,7 @@ def main() -> int:
 
     from corpuslab.ingest.democorpus import build_demo_corpus
 
+    load_start = os.getloadavg()
     root = Path(tempfile.mkdtemp(prefix="ray-scaling-"))
     try:
         raw = root / "raw"
@@ -123,12 +129,14 @@ def main() -> int:
         exp_dir.mkdir()
         (exp_dir / "e.yaml").write_text(textwrap.dedent(EXPERIMENT))
         times: dict[str, list[float]] = {}
+        task_cpu: dict[str, list[float]] = {}
         startup: dict[str, list[float]] = {}
         outputs: dict[str, str] = {}
 
-        def record(mode: str, seconds: float, digests: list[str]) -> None:
+        def record(mode: str, seconds: float, results: list[tuple[str, float]]) -> None:
             times.setdefault(mode, []).append(seconds)
-            outputs[mode] = hashlib.sha256("".join(digests).encode()).hexdigest()
+            task_cpu.setdefault(mode, []).append(sum(c for _, c in results))
+            outputs[mode] = hashlib.sha256("".join(d for d, _ in results).encode()).hexdigest()
 
         n_jobs = 0
         for _ in range(args.repeats):
@@ -157,17 +165,22 @@ def main() -> int:
     finally:
         shutil.rmtree(root, ignore_errors=True)
 
+    load_end = os.getloadavg()
     best = {m: min(v) for m, v in times.items()}
+    cpu_best = {m: task_cpu[m][times[m].index(best[m])] for m in best}
     same = len(set(outputs.values())) == 1
     eff = {e: best[f"{e}-1"] / (2 * best[f"{e}-2"]) for e in ("local", "ray")}
     overhead = {n: best[f"ray-{n}"] / best[f"local-{n}"] for n in (1, 2)}
     print(f"{n_jobs} shards (corpus + pool each), best of {args.repeats}; same outputs: {same}")
-    print("| mode | wall s (best) | all runs |\n|---|---:|---|")
+    print("| mode | wall s (best) | task CPU s (that run) | all runs' wall s |")
+    print("|---|---:|---:|---|")
     for m in ("local-1", "local-2", "ray-1", "ray-2"):
-        print(f"| {m} | {best[m]:.2f} | {', '.join(f'{t:.2f}' for t in times[m])} |")
+        runs = ", ".join(f"{t:.2f}" for t in times[m])
+        print(f"| {m} | {best[m]:.2f} | {cpu_best[m]:.2f} | {runs} |")
     print(f"scaling efficiency 1->2 workers: local {eff['local']:.2f}, ray {eff['ray']:.2f}")
     print(f"ray / local processes: 1 worker {overhead[1]:.2f}x, 2 workers {overhead[2]:.2f}x")
     print(f"ray start-up (not timed above): {json.dumps(startup)}")
+    print(f"load average at start {load_start}, at end {load_end} (2 cores shared)")
     if args.out:
         import ray
 
@@ -176,7 +189,9 @@ def main() -> int:
                 {
                     "command": " ".join(sys.argv),
                     "machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
-                    "load_average_end": os.getloadavg(),
+                    "load_average_start": load_start,
+                    "load_average_end": load_end,
+                    "task_cpu_s": task_cpu,
                     "ray": ray.__version__,
                     "shards": n_jobs,
                     "times": times,

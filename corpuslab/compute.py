@@ -16,6 +16,7 @@ original exception type, so a ``CorpusError`` in a task is still a ``CorpusError
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import secrets
 import shutil
@@ -150,9 +151,6 @@ class RayCompute:
             self._connected_here = False
 
 
-LOCAL = LocalCompute()
-
-
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -177,6 +175,11 @@ class RayHead:
         return names
 
 
+@functools.cache
+def _process_token() -> str:
+    return os.environ.get("RAY_AUTH_TOKEN") or secrets.token_hex(32)
+
+
 def _group_alive(pgid: int, exclude: int) -> bool:
     """Whether a process other than ``exclude`` is left in process group ``pgid`` (Linux)."""
     for stat in Path("/proc").glob("[0-9]*/stat"):
@@ -196,7 +199,8 @@ def local_ray_head(num_cpus: int = 2, timeout: float = 120.0) -> Iterator[RayHea
     (so several heads can share a machine), stopped by signalling that group only: never
     ``ray stop``, which ends every Ray process on the machine. Ray advertises the machine's
     own address even when asked for 127.0.0.1; traffic stays on this host. Token
-    authentication is on, with a fresh token in this process's environment while it runs.
+    authentication is on, with a token (one a process) in this process's environment while
+    the head runs.
     """
     temp = Path(tempfile.mkdtemp(prefix="ray-", dir="/tmp"))  # short: unix socket paths
     port = _free_port()
@@ -217,9 +221,10 @@ def local_ray_head(num_cpus: int = 2, timeout: float = 120.0) -> Iterator[RayHea
         f"--temp-dir={temp}",
     ]
     log = open(temp / "head.log", "wb")  # noqa: SIM115 - closed below
-    # token authentication with a fresh token; drivers started from here (Dagster step
-    # processes included) inherit it through the environment, restored on exit
-    auth = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
+    # token authentication; drivers started from here (Dagster step processes included)
+    # inherit it through the environment, restored on exit. One token a process: Ray caches
+    # the token it first read, so a later head in the same process reuses it.
+    auth = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": _process_token()}
     saved = {k: os.environ.get(k) for k in auth}
     os.environ.update(auth)
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}

@@ -3,6 +3,15 @@
 Assets call ``compute.run(stage_fn, ...)`` for one shard and stages call ``compute.map`` for
 many (signatures, encoding); see :mod:`corpuslab.compute`. Dagster keeps its own per-shard
 partitions, runs, checks and metadata: only the work inside a step moves to the cluster.
+
+Why Ray tasks inside the asset rather than dagster-ray (0.4.8, read from its source): its
+``ray_executor`` and ``PipesRayJobClient`` submit each step (or a script) as a Ray *job*
+through the job-submission API, which needs the Ray dashboard (``ray[default]``), a Dagster
+instance the cluster can reach and a Dagster process start per step, and they cannot fan a
+global step's per-shard work (signatures, encoding) out from inside it; its ``LocalRay`` /
+``RayResource`` manage a ``ray.init`` connection, which is what this resource does too, next
+to a local mode. One ``compute.run`` per asset keeps the assets a few lines and Dagster's
+per-shard lineage exactly as it was.
 """
 
 from collections.abc import Callable, Iterable
