@@ -142,7 +142,8 @@ class TrainingLauncher(dg.ConfigurableResource):
         node_env = {
             k: v for k, v in {**os.environ, **env}.items() if not k.startswith("DAGSTER_PIPES")
         }
-        procs = start_nodes(others, node_env)
+        logs = Path(spec_path).parent / "nodes"  # the run folder: kept with the run
+        procs = start_nodes(others, node_env, logs)
         try:
             done = dg.PipesSubprocessClient().run(
                 context=context,
@@ -150,7 +151,7 @@ class TrainingLauncher(dg.ConfigurableResource):
                 env=dict(env),
                 extras=dict(extras),
             )
-            wait_nodes(procs, timeout=600)
+            wait_nodes(procs, logs, timeout=300)  # node 0 is done: the rest end with it
             return done
         finally:
             for proc in procs:

@@ -57,21 +57,26 @@ def split_ranks(ranks: int, nodes: int) -> int:
 
 
 def start_nodes(
-    commands: Sequence[Sequence[str]], env: Mapping[str, str], cwd: Path | None = None
+    commands: Sequence[Sequence[str]], env: Mapping[str, str], log_dir: Path
 ) -> list[subprocess.Popen[bytes]]:
-    """Start each node's agent as a local process (its output discarded: rank 0 reports)."""
-    return [
-        subprocess.Popen(
-            list(cmd), env=dict(env), cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-        )
-        for cmd in commands
-    ]
+    """Start each node's agent as a local process; its output goes to ``log_dir/node-<i>.log``
+    (a file, not a pipe: a chatty node must never block on a full pipe; rank 0 reports)."""
+    log_dir.mkdir(parents=True, exist_ok=True)
+    procs = []
+    for i, cmd in enumerate(commands, start=1):
+        with open(log_dir / f"node-{i}.log", "wb") as log:
+            procs.append(
+                subprocess.Popen(list(cmd), env=dict(env), stdout=log, stderr=subprocess.STDOUT)
+            )
+    return procs
 
 
-def wait_nodes(procs: Sequence[subprocess.Popen[bytes]], timeout: float | None = None) -> None:
-    """Wait for every node; a failed one raises with its exit code and the end of its stderr."""
-    for i, proc in enumerate(procs):
-        _, err = proc.communicate(timeout=timeout)
+def wait_nodes(
+    procs: Sequence[subprocess.Popen[bytes]], log_dir: Path, timeout: float | None = None
+) -> None:
+    """Wait for every node; a failed one raises with its exit code and the end of its log."""
+    for i, proc in enumerate(procs, start=1):
+        proc.wait(timeout=timeout)
         if proc.returncode != 0:
-            tail = (err or b"").decode(errors="replace")[-3000:]
-            raise RuntimeError(f"training node {i + 1} exited with {proc.returncode}:\n{tail}")
+            tail = (log_dir / f"node-{i}.log").read_text(errors="replace")[-3000:]
+            raise RuntimeError(f"training node {i} exited with {proc.returncode}:\n{tail}")
