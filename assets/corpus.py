@@ -8,6 +8,7 @@ from corpuslab.declarations import Experiment
 from corpuslab.stages.corpus import materialize_corpus_shard
 from corpuslab.stages.versions import code_version
 from jobs.automation import SHARD_BACKFILL, condition_for
+from resources.compute import ComputeResource
 from resources.home import CorpuslabHome
 from resources.storage import StorageResource
 
@@ -28,10 +29,18 @@ def corpus_asset(exp: Experiment, source: str) -> dg.AssetsDefinition:
         check_specs=[dg.AssetCheckSpec(CONSERVED, asset=key, blocking=True)],
     )
     def _corpus(
-        context: dg.AssetExecutionContext, home: CorpuslabHome, storage: StorageResource
+        context: dg.AssetExecutionContext,
+        home: CorpuslabHome,
+        storage: StorageResource,
+        compute: ComputeResource,
     ) -> dg.MaterializeResult:
-        summary = materialize_corpus_shard(
-            exp, home.layout(), source, context.partition_key, vars(storage.s3_options())
+        summary = compute.run(
+            materialize_corpus_shard,
+            exp,
+            home.layout(),
+            source,
+            context.partition_key,
+            vars(storage.s3_options()),
         )
         if summary["quarantined"]:
             context.log.warning(

@@ -8,6 +8,7 @@ from corpuslab.declarations import Experiment
 from corpuslab.stages.mixture import materialize_mixture, materialize_tokenizer, materialize_tokens
 from corpuslab.stages.versions import code_version
 from jobs.automation import GLOBAL_BACKFILL, condition_for
+from resources.compute import ComputeResource
 from resources.home import CorpuslabHome
 
 
@@ -53,8 +54,10 @@ def mixture_asset(exp: Experiment, mixture: str) -> dg.AssetsDefinition:
         code_version=code_version(exp, "mixture", mixture),
         description=f"Domain weights ({decl.strategy}) and documents of mixture '{mixture}'.",
     )
-    def _mixture(context: dg.AssetExecutionContext, home: CorpuslabHome) -> dg.MaterializeResult:
-        summary = materialize_mixture(exp, home.layout(), mixture)
+    def _mixture(
+        context: dg.AssetExecutionContext, home: CorpuslabHome, compute: ComputeResource
+    ) -> dg.MaterializeResult:
+        summary = materialize_mixture(exp, home.layout(), mixture, compute)
         for domain, factor in summary["repeated"].items():
             context.log.warning(f"domain {domain} repeated {factor:.2f}x to fill its share")
         return result(key, summary)
@@ -78,8 +81,8 @@ def tokens_asset(exp: Experiment, mixture: str) -> dg.AssetsDefinition:
         code_version=code_version(exp, "tokens", mixture),
         description=f"Shuffled fixed-length token sequences of mixture '{mixture}'.",
     )
-    def _tokens(home: CorpuslabHome) -> dg.MaterializeResult:
-        return result(key, materialize_tokens(exp, home.layout(), mixture))
+    def _tokens(home: CorpuslabHome, compute: ComputeResource) -> dg.MaterializeResult:
+        return result(key, materialize_tokens(exp, home.layout(), mixture, compute))
 
     return _tokens
 

@@ -14,6 +14,7 @@ from corpuslab.stages.pool import materialize_filtered_shard, materialize_pool_s
 from corpuslab.stages.quality import materialize_quality_model
 from corpuslab.stages.versions import code_version
 from jobs.automation import GLOBAL_BACKFILL, SHARD_BACKFILL, condition_for
+from resources.compute import ComputeResource
 from resources.home import CorpuslabHome
 
 SURVIVORS = "survivors_kept"
@@ -35,8 +36,12 @@ def pool_asset(exp: Experiment, recipe: str, source: str) -> dg.AssetsDefinition
         f"(declared in {exp.where('recipes', recipe)}).",
         check_specs=[dg.AssetCheckSpec(CONSERVED, asset=key, blocking=True)],
     )
-    def _pool(context: dg.AssetExecutionContext, home: CorpuslabHome) -> dg.MaterializeResult:
-        summary = materialize_pool_shard(exp, home.layout(), recipe, source, context.partition_key)
+    def _pool(
+        context: dg.AssetExecutionContext, home: CorpuslabHome, compute: ComputeResource
+    ) -> dg.MaterializeResult:
+        summary = compute.run(
+            materialize_pool_shard, exp, home.layout(), recipe, source, context.partition_key
+        )
         return result(key, summary, [conservation(key, summary, "documents_in", "kept", "dropped")])
 
     return _pool
@@ -79,10 +84,19 @@ def dedup_asset(exp: Experiment, recipe: str, source: str) -> dg.AssetsDefinitio
         check_specs=[dg.AssetCheckSpec(SURVIVORS, asset=key, blocking=True)],
     )
     def _dedup(
-        context: dg.AssetExecutionContext, config: DedupConfig, home: CorpuslabHome
+        context: dg.AssetExecutionContext,
+        config: DedupConfig,
+        home: CorpuslabHome,
+        compute: ComputeResource,
     ) -> dg.MaterializeResult:
         summary = materialize_dedup_shard(
-            exp, home.layout(), recipe, source, context.partition_key, config.full_recompute
+            exp,
+            home.layout(),
+            recipe,
+            source,
+            context.partition_key,
+            config.full_recompute,
+            compute.executor(),
         )
         check = dg.AssetCheckResult(
             asset_key=key,
@@ -147,9 +161,11 @@ def filtered_asset(exp: Experiment, recipe: str, source: str) -> dg.AssetsDefini
         description=f"Pool '{recipe}/{source}' minus duplicates, above the quality threshold.",
         check_specs=[dg.AssetCheckSpec(CONSERVED, asset=key, blocking=True)],
     )
-    def _filtered(context: dg.AssetExecutionContext, home: CorpuslabHome) -> dg.MaterializeResult:
-        summary = materialize_filtered_shard(
-            exp, home.layout(), recipe, source, context.partition_key
+    def _filtered(
+        context: dg.AssetExecutionContext, home: CorpuslabHome, compute: ComputeResource
+    ) -> dg.MaterializeResult:
+        summary = compute.run(
+            materialize_filtered_shard, exp, home.layout(), recipe, source, context.partition_key
         )
         return result(key, summary, [conservation(key, summary, "documents_in", "kept", "dropped")])
 

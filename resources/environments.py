@@ -1,10 +1,12 @@
 """Resources per environment, from one mapping: ``CORPUSLAB_ENV`` = ``local`` or ``cluster``.
 
 ``local`` (the default) keeps everything under one home folder on this machine: a SQLite MLflow
-store, training as a local torchrun subprocess. ``cluster`` takes every setting from the
+store, training as a local torchrun subprocess, per-shard work in the step's own process (or,
+when ``RAY_ADDRESS`` is set, as Ray tasks on that cluster). ``cluster`` takes every setting from the
 environment (``dg.EnvVar``, resolved when a run starts): an MLflow tracking server, training as
 a GPU pod through ``PipesK8sClient`` with the home on a shared volume, S3 credentials from the
-standard AWS variables. The Dagster instance itself (SQLite locally, Postgres on a cluster) is
+standard AWS variables, per-shard work as Ray tasks on the cluster at ``RAY_ADDRESS`` (whose
+image installs corpuslab). The Dagster instance itself (SQLite locally, Postgres on a cluster) is
 ``$DAGSTER_HOME/dagster.yaml``: ``infra/dagster/local.yaml`` or ``infra/dagster/production.yaml``.
 """
 
@@ -16,6 +18,7 @@ from typing import Any
 import dagster as dg
 
 from corpuslab.layout import Layout, default_home
+from resources.compute import ComputeResource
 from resources.dbt import dbt_resource
 from resources.home import CorpuslabHome
 from resources.launcher import TrainingLauncher
@@ -23,6 +26,13 @@ from resources.storage import StorageResource
 from resources.tracking import MlflowTracking
 
 ENV_VAR = "CORPUSLAB_ENV"
+RAY_ADDRESS_VAR = "RAY_ADDRESS"  # Ray's own variable: where ``ray.init()`` connects
+
+
+def local_compute() -> ComputeResource:
+    """Local processes by default; Ray tasks when ``RAY_ADDRESS`` names a cluster."""
+    address = os.environ.get(RAY_ADDRESS_VAR)
+    return ComputeResource(mode="ray", address=address) if address else ComputeResource()
 
 
 def local(home: Path | None = None) -> dict[str, Any]:
@@ -35,6 +45,7 @@ def local(home: Path | None = None) -> dict[str, Any]:
             tracking_uri=tracking, artifact_root=layout.mlflow_artifacts.as_uri()
         ),
         "launcher": TrainingLauncher(mode="local"),
+        "compute": local_compute(),
         "storage": StorageResource(),  # S3 settings from the standard AWS environment variables
         "dbt": dbt_resource(),
     }
@@ -52,6 +63,7 @@ def cluster(home: Path | None = None) -> dict[str, Any]:
             home_volume_claim=dg.EnvVar("CORPUSLAB_HOME_PVC"),
             home_mount_path=dg.EnvVar("CORPUSLAB_HOME"),
         ),
+        "compute": ComputeResource(mode="ray", address=dg.EnvVar(RAY_ADDRESS_VAR), ship_code=False),
         "storage": StorageResource(),
         "dbt": dbt_resource(),
     }

@@ -24,11 +24,13 @@ by estimated Jaccard; clusters are connected components; each keeps the document
 smallest id, so the result never depends on input order.
 
 Modules: ``params`` (settings, result), ``minhash`` (signature kernels), ``cache`` (per-shard
-signature cache), ``lsh`` (banding, verification, components) and ``exact`` (normalized digests).
+signature cache), ``lsh`` (banding, verification, components, in memory), ``banded`` (the same
+over the cache one band at a time, bounded memory) and ``exact`` (normalized digests).
 """
 
+from corpuslab.dedup.banded import SignatureShard, find_duplicates_banded
 from corpuslab.dedup.cache import cached_signatures, shard_signatures
-from corpuslab.dedup.exact import exact_duplicates, normalized_hash
+from corpuslab.dedup.exact import exact_duplicates, exact_duplicates_from_digests, normalized_hash
 from corpuslab.dedup.lsh import find_duplicates_from_signatures
 from corpuslab.dedup.minhash import compute_signatures, shingles
 from corpuslab.dedup.params import DedupParams, DedupResult, optimal_lsh_params
@@ -36,9 +38,12 @@ from corpuslab.dedup.params import DedupParams, DedupResult, optimal_lsh_params
 __all__ = [
     "DedupParams",
     "DedupResult",
+    "SignatureShard",
     "cached_signatures",
     "compute_signatures",
     "exact_duplicates",
+    "exact_duplicates_from_digests",
+    "find_duplicates_banded",
     "find_duplicates_from_signatures",
     "normalized_hash",
     "optimal_lsh_params",

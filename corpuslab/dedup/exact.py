@@ -62,10 +62,16 @@ def normalized_hash(text: str, lowercase: bool = True) -> bytes:
 def exact_duplicates(ids: Sequence[str], texts: Sequence[str]) -> DedupResult:
     """Group documents whose normalized text is identical; keep the smallest id of each group."""
     check_ids(ids, len(texts))
+    return exact_duplicates_from_digests(ids, [normalized_hash(t) for t in texts])
+
+
+def exact_duplicates_from_digests(ids: Sequence[str], digests: Sequence[bytes]) -> DedupResult:
+    """:func:`exact_duplicates` from each document's :func:`normalized_hash`, computed elsewhere
+    (per shard, in parallel), so the texts never need to be in memory together."""
+    check_ids(ids, len(digests), "digests")
     first: dict[bytes, str] = {}
     pairs: list[tuple[str, str]] = []
-    for doc_id, text in sorted(zip(ids, texts, strict=True)):
-        digest = normalized_hash(text)
+    for doc_id, digest in sorted(zip(ids, digests, strict=True)):
         if digest in first:
             pairs.append((first[digest], doc_id))
         else:

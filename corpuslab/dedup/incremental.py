@@ -18,13 +18,12 @@ clustering of :func:`corpuslab.dedup.lsh.find_duplicates_from_signatures` after
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from corpuslab.dedup.exact import normalized_hash
-from corpuslab.dedup.lsh import near_components
+from corpuslab.dedup.lsh import Components, near_components
 from corpuslab.dedup.params import DedupParams, check_ids
 
 KEPT = "kept"
@@ -32,18 +31,37 @@ EXACT = "exact_duplicate"
 NEAR = "near_duplicate"
 
 
+# (rows of the index, rows of the batch) -> components over those rows, index rows first. The
+# index's and the batch's signatures live with the caller: in memory, or per-shard caches
+# banded one band at a time (:func:`corpuslab.dedup.banded.banded_components`).
+NearComponents = Callable[[np.ndarray, np.ndarray], Components]
+
+
 @dataclass
 class Index:
-    """Documents already decided: key, exact digest, signature, status and survivor."""
+    """Documents already decided: key, exact digest, status and survivor (signatures: caller)."""
 
     keys: list[str] = field(default_factory=list)
     exact: list[bytes] = field(default_factory=list)
-    signatures: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.uint64))
     status: list[str] = field(default_factory=list)  # KEPT, EXACT or NEAR
     survivor: list[str] = field(default_factory=list)  # the key that stands for the document
 
     def __len__(self) -> int:
         return len(self.keys)
+
+
+def in_memory(
+    index_signatures: np.ndarray, signatures: np.ndarray, params: DedupParams
+) -> NearComponents:
+    """Near components over signatures held in memory (index rows first, then the batch's)."""
+
+    def near(index_rows: np.ndarray, rows: np.ndarray) -> Components:
+        stacked = np.concatenate(
+            [np.asarray(index_signatures)[index_rows], np.asarray(signatures)[rows]]
+        ).astype(np.uint64)
+        return near_components(stacked.reshape(-1, params.num_perm), params)
+
+    return near
 
 
 @dataclass
@@ -62,19 +80,19 @@ class Decisions:
 
 
 def decide(
-    index: Index,
-    keys: Sequence[str],
-    texts: Sequence[str],
-    signatures: np.ndarray,
-    params: DedupParams,
+    index: Index, keys: Sequence[str], digests: Sequence[bytes], near: NearComponents
 ) -> Decisions:
-    """Decide the new documents ``keys`` against ``index`` (see the module docstring)."""
-    check_ids(keys, len(texts))
+    """Decide the new documents ``keys`` against ``index`` (see the module docstring).
+
+    ``digests`` are the documents' :func:`~corpuslab.dedup.exact.normalized_hash`; ``near``
+    gives the near-duplicate components of chosen index rows and batch rows.
+    """
+    check_ids(keys, len(digests))
     overlap = set(keys) & set(index.keys)
     if overlap:
         raise ValueError(f"documents already in the dedup index: {sorted(overlap)[:5]}")
     n = len(keys)
-    digests = [normalized_hash(t) for t in texts]
+    digests = list(digests)
     status = [KEPT] * n
     survivor = list(keys)
 
@@ -95,10 +113,7 @@ def decide(
     # near: components over indexed documents (not exact duplicates) and the remaining new ones
     idx_nodes = [j for j, s in enumerate(index.status) if s != EXACT]
     new_nodes = [i for i in range(n) if status[i] == KEPT]
-    sigs = np.asarray(signatures)
-    stacked = [index.signatures[idx_nodes]] if idx_nodes else []
-    stacked.append(sigs[new_nodes] if new_nodes else np.zeros((0, params.num_perm), np.uint64))
-    comps = near_components(np.concatenate(stacked).astype(np.uint64), params)
+    comps = near(np.asarray(idx_nodes, dtype=np.int64), np.asarray(new_nodes, dtype=np.int64))
     labels = comps.labels
     m = len(idx_nodes)
     frozen: dict[int, str] = {}  # component -> the survivor its indexed members stand for

@@ -151,13 +151,26 @@ def find_duplicates_from_signatures(
 ) -> DedupResult:
     """Cluster near-duplicates from precomputed signatures; keep the smallest id of each cluster."""
     sigs = np.asarray(signatures)
-    n = len(ids)
     check_ids(ids, sigs.shape[0], "signatures")
-    if n == 0:
+    if len(ids) == 0:
         return DedupResult(n_docs=0)
     comps = near_components(sigs, params)
-    labels = comps.labels
+    return result_from_labels(
+        ids,
+        comps.labels,
+        n_candidate_pairs=comps.n_candidate_pairs,
+        n_verified_pairs=comps.n_verified_pairs,
+    )
 
+
+def result_from_labels(
+    ids: Sequence[str], labels: np.ndarray, *, n_candidate_pairs: int, n_verified_pairs: int
+) -> DedupResult:
+    """Clusters from component labels (any numbering): each keeps its smallest id.
+
+    Shared by the in-memory and the banded path, so both build results the same way.
+    """
+    n = len(ids)
     by_id = sorted(range(n), key=ids.__getitem__)
     rank = np.empty(n, dtype=np.int64)
     rank[by_id] = np.arange(n)
@@ -166,9 +179,7 @@ def find_duplicates_from_signatures(
     comp_size = np.bincount(labels)
 
     result = DedupResult(
-        n_docs=n,
-        n_candidate_pairs=comps.n_candidate_pairs,
-        n_verified_pairs=comps.n_verified_pairs,
+        n_docs=n, n_candidate_pairs=n_candidate_pairs, n_verified_pairs=n_verified_pairs
     )
     for i in by_id:
         label = labels[i]

@@ -405,6 +405,50 @@ def build_demo_corpus(
     return written
 
 
+# Word edits of the scaled-up copies: about Jaccard 0.9, 0.75 and 0.45 on 5-word shingles, plus
+# a copy whose words are all kept but whose punctuation differs (the same shingles).
+VARIANT_EDIT_RATES = (0.01, 0.03, 0.12)
+_WORD = re.compile(r"\w+")
+
+
+def _edit_words(text: str, rate: float, seed: str) -> str:
+    """Replace about ``rate`` of the words with another word of the same text (seeded)."""
+    words = _WORD.findall(text)
+    if not words:
+        return text
+    pos = [0]
+
+    def swap(m: re.Match[str]) -> str:
+        pos[0] += 1
+        h = int.from_bytes(hashlib.blake2b(f"{seed}:{pos[0]}".encode(), digest_size=8).digest())
+        if (h % 10_000) / 10_000 >= rate:
+            return m.group(0)
+        return words[(h >> 16) % len(words)]
+
+    return _WORD.sub(swap, text)
+
+
+def scaled_records(records: Iterable[Record], copies: int) -> Iterator[Record]:
+    """Each record, then ``copies - 1`` variants of it: word edits at the
+    :data:`VARIANT_EDIT_RATES` in turn and every fourth copy re-punctuated.
+
+    Builds corpora N times the demo's from the same real text, with near-duplicates above and
+    below the usual 0.8 threshold (the scale on which dedup's memory is measured). Seeded by
+    the record id, so the output is the same on every run.
+    """
+    if copies < 1:
+        raise ValueError(f"copies must be >= 1, got {copies}")
+    for r in records:
+        yield r
+        for c in range(1, copies):
+            if c % 4 == 0:
+                text = r["text"].replace(",", " ,").replace(".", ";")
+            else:
+                rate = VARIANT_EDIT_RATES[(c - 1) % len(VARIANT_EDIT_RATES)]
+                text = _edit_words(r["text"], rate, f"{r['id']}:{c}")
+            yield {**r, "id": f"{r['id']}~{c}", "text": text}
+
+
 def summarize(shards: dict[str, list[Path]]) -> dict[str, dict[str, int]]:
     """Docs, UTF-8 text bytes, file bytes and shard count per source, read back from disk."""
     from corpuslab.ingest.readers import read_raw_shard

@@ -12,13 +12,13 @@ per-document counts from the offsets; the token file is packed from the ids (no 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import itertools
 import logging
 import os
 import shutil
 from collections.abc import Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,6 +28,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from tokenizers import Tokenizer
 
+from corpuslab.compute import Compute, LocalCompute
 from corpuslab.fileio import atomic_path, digest, pack_strings, unpack_strings
 from corpuslab.lmdata.tokenfile import dtype_for_vocab
 from corpuslab.lmdata.tokenize import load_tokenizer, pack_rows, vocab_size
@@ -111,6 +112,22 @@ def encode_shard(tok: Tokenizer, shard_path: Path, out_path: Path, dtype: str) -
     return len(ids)
 
 
+@functools.lru_cache(maxsize=4)
+def _cached_tokenizer(path: str, stamp: str) -> Tokenizer:
+    """One loaded tokenizer per file content and process (``stamp``: its digest)."""
+    return load_tokenizer(Path(path))
+
+
+def encode_shard_file(job: tuple[str, str, str, str, str]) -> int:
+    """``encode_shard`` of ``(tokenizer path, its digest, shard path, entry path, dtype)``.
+
+    One picklable argument, so a Ray task or a thread runs it alike; the tokenizer is loaded
+    once per process and reused for every shard it encodes.
+    """
+    tok_path, tok_digest, src, out, dtype = job
+    return encode_shard(_cached_tokenizer(tok_path, tok_digest), Path(src), Path(out), dtype)
+
+
 @dataclass
 class EncodedPools:
     """The cache entries of a recipe's domains under one tokenizer, and what it took."""
@@ -152,13 +169,15 @@ def encode_pools(
     pools: Mapping[str, Path],
     cache_dir: Path,
     workers: int | None = None,
+    compute: Compute | None = None,
 ) -> EncodedPools:
     """Make sure every shard of every pool folder has a current cache entry; encode the rest.
 
     ``pools`` maps domain -> filtered folder; ``cache_dir`` is the recipe's folder under the
-    tokenizer's encoded cache. Missing entries are encoded by a thread pool (``workers``,
-    default: one per core), each shard in batches whose encoding runs on all cores too.
-    Entries of other keys and of shards no longer in the pool are removed.
+    tokenizer's encoded cache. Missing entries are encoded shard by shard through ``compute``
+    (default: a thread pool of ``workers``, one per core; or Ray tasks), each shard in batches
+    whose encoding runs on all cores too. Entries of other keys and of shards no longer in the
+    pool are removed.
     """
     tok = load_tokenizer(tokenizer_path)
     dtype = dtype_for_vocab(vocab_size(tok))
@@ -180,14 +199,15 @@ def encode_pools(
             else:
                 todo.append((domain, shard, path, entry))
     if todo:
-        n_workers = max(1, min(len(todo), workers or os.cpu_count() or 1))
-        progress = Progress(f"encoding with {tokenizer_path.parent.name}", len(todo), "shards")
-        with ThreadPoolExecutor(n_workers, thread_name_prefix="encode") as pool:
-            futures = [pool.submit(encode_shard, tok, src, out, dtype) for _, _, src, out in todo]
-            for (domain, shard, _, _), fut in zip(todo, futures, strict=True):
-                fut.result()
-                result.encoded.append(f"{domain}/{shard}")
-                progress.advance(note=f"{domain}/{shard}")
+        runner = compute or LocalCompute(workers)
+        tok_file = str(tokenizer_path)
+        jobs = [(tok_file, tok_digest, str(src), str(out), dtype) for *_, src, out in todo]
+        progress = Progress(f"encoding with {tokenizer_path.parent.name}", len(jobs), "shards")
+        chunk = max(1, 2 * (workers or os.cpu_count() or 1))  # a progress line between chunks
+        for lo in range(0, len(jobs), chunk):
+            runner.map(encode_shard_file, jobs[lo : lo + chunk])
+            progress.advance(len(jobs[lo : lo + chunk]))
+        result.encoded += [f"{domain}/{shard}" for domain, shard, _, _ in todo]
         log.info("encoded %d shards, reused %d", len(todo), result.reused)
     return result
 

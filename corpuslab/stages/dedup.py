@@ -24,8 +24,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from corpuslab import dedup as dedup_lib
+from corpuslab.compute import Compute, LocalCompute
 from corpuslab.declarations import Experiment
+from corpuslab.dedup import DedupParams
+from corpuslab.dedup.banded import SignatureShard, banded_components
 from corpuslab.dedup.incremental import EXACT, KEPT, Index, decide
+from corpuslab.dedup.lsh import Components
 from corpuslab.fileio import atomic_path, digest, read_parquet, write_json
 from corpuslab.layout import Layout
 from corpuslab.progress import Progress
@@ -108,57 +112,67 @@ def _params_fingerprint(exp: Experiment, recipe: str) -> str:
     return fingerprint(exp.recipes[recipe].dedup)
 
 
-def _signatures(
-    exp: Experiment, layout: Layout, recipe: str, refs: list[ShardRef], keys_by: dict
-) -> np.ndarray:
-    """Signatures of ``refs``' documents, from the per-shard cache (computed on a miss)."""
-    params = exp.recipes[recipe].dedup
-    shards = []
-    for ref in refs:
-        path = _pool_path(layout, recipe, ref)
-
-        def read(path: Path = path, ref: ShardRef = ref) -> tuple[list[str], list[str]]:
-            t = read_parquet(path, columns=["id", "text"])
-            ids = [doc_key(ref.source, ref.shard, i) for i in t.column("id").to_pylist()]
-            return ids, t.column("text").to_pylist()
-
-        shards.append((f"source={ref.source}/{ref.shard}", digest(path), read))
-    sig_dir = layout.dedup_dir(recipe) / "signatures"
-    parts = []
-    progress = Progress(f"dedup/{recipe}: MinHash signatures", len(shards), "shards")
-    for name, key, read in shards:
-        ids, sigs, fresh = dedup_lib.shard_signatures(
-            sig_dir / f"{name}.npz", params, read, key=key
-        )
-        keys_by[name] = ids
-        parts.append(sigs)
-        progress.advance(note=f"{name} {'computed' if fresh else 'cached'}")
-    return np.concatenate(parts) if parts else np.zeros((0, params.num_perm), np.uint64)
+def _cache_path(layout: Layout, recipe: str, ref: ShardRef) -> Path:
+    return layout.dedup_dir(recipe) / "signatures" / f"source={ref.source}" / f"{ref.shard}.npz"
 
 
-def _load_index(
-    exp: Experiment, layout: Layout, recipe: str, refs: list[ShardRef]
-) -> tuple[Index, list[ShardRef]]:
-    """The index over ``refs`` (decided shards): statuses from their files, signatures cached."""
+@dataclass(frozen=True)
+class ShardInputs:
+    """What dedup needs of a new pool shard: ids and exact-text digests (signatures: cached)."""
+
+    ids: list[str]
+    digests: list[bytes]
+    computed: bool  # signatures were (re)computed rather than read from the cache
+
+
+def shard_dedup_inputs(job: tuple[str, str, DedupParams]) -> ShardInputs:
+    """A pool shard's ids and normalized-text digests; its MinHash signatures computed into the
+    cache unless the entry for its content is there.
+
+    ``job`` is ``(pool shard path, signature cache path, params)``: one picklable argument, so it
+    runs as a Ray task or in a local thread alike; only ids and 16-byte digests come back, the
+    global step never holds the texts.
+    """
+    pool_path, cache_path, params = job
+    table = read_parquet(Path(pool_path), columns=["id", "text"])
+    ids = table.column("id").to_pylist()
+    texts = table.column("text").to_pylist()
+    _, _, computed = dedup_lib.shard_signatures(
+        Path(cache_path), params, lambda: (ids, texts), key=digest(Path(pool_path))
+    )
+    return ShardInputs(ids, [dedup_lib.normalized_hash(t) for t in texts], computed)
+
+
+def ensure_signatures(job: tuple[str, str, DedupParams]) -> bool:
+    """An indexed shard's signature cache entry, computed only if missing or stale."""
+    pool_path, cache_path, params = job
+
+    def read() -> tuple[list[str], list[str]]:
+        t = read_parquet(Path(pool_path), columns=["id", "text"])
+        return t.column("id").to_pylist(), t.column("text").to_pylist()
+
+    return dedup_lib.shard_signatures(Path(cache_path), params, read, key=digest(Path(pool_path)))[
+        2
+    ]
+
+
+def _load_index(layout: Layout, recipe: str, refs: list[ShardRef]) -> tuple[Index, list[int]]:
+    """The index over ``refs`` from their decision files, and each shard's document count."""
     tables = [read_parquet(_decision_path(layout, recipe, r)) for r in refs]
     index = Index()
-    if not tables:
-        return index, []
-    t = pa.concat_tables(tables)
-    index.keys = t.column("key").to_pylist()
-    index.exact = t.column("exact").to_pylist()
-    index.status = t.column("status").to_pylist()
-    index.survivor = t.column("survivor_key").to_pylist()
-    keys_by: dict[str, list[str]] = {}
-    sigs = _signatures(exp, layout, recipe, refs, keys_by)
-    order = [k for r in refs for k in keys_by[f"source={r.source}/{r.shard}"]]
-    if order != index.keys:
-        raise DedupIndexError(
-            f"dedup/{recipe}: the signature cache and the decision files disagree on the "
-            "documents of the index; rebuild it with a full recompute"
-        )
-    index.signatures = sigs
-    return index, refs
+    for t in tables:
+        index.keys += t.column("key").to_pylist()
+        index.exact += t.column("exact").to_pylist()
+        index.status += t.column("status").to_pylist()
+        index.survivor += t.column("survivor_key").to_pylist()
+    return index, [t.num_rows for t in tables]
+
+
+def _split_rows(rows: np.ndarray, sizes: list[int]) -> list[np.ndarray]:
+    """Ascending global row numbers over consecutive shards of ``sizes``, as per-shard rows."""
+    bounds = np.cumsum([0, *sizes])
+    pairs = zip(bounds[:-1], bounds[1:], strict=True)
+    return [rows[(rows >= lo) & (rows < hi)] - lo for lo, hi in pairs]
 
 
 def _valid_and_stale(
@@ -201,24 +215,43 @@ def _decide_pending(
     valid: list[ShardRef],
     pending: list[ShardRef],
     fingerprint: str,
+    compute: Compute,
 ) -> dict[str, int]:
-    """Decide every pending shard in one batch against the index of ``valid`` shards."""
+    """Decide every pending shard in one batch against the index of ``valid`` shards.
+
+    Per shard (a task each through ``compute``: local threads or Ray tasks) the texts are read
+    once, digested and MinHash-signed into the signature cache; the batch then holds keys and
+    digests only, and its near duplicates come from banding the cached signatures one band at
+    a time (:func:`~corpuslab.dedup.banded.banded_components`): bounded memory, the same
+    components as the in-memory path.
+    """
     params = exp.recipes[recipe].dedup
-    index, _ = _load_index(exp, layout, recipe, valid)
-    keys_by: dict[str, list[str]] = {}
-    sigs = _signatures(exp, layout, recipe, pending, keys_by)
-    keys: list[str] = []
-    texts: list[str] = []
-    for ref in pending:
-        t = read_parquet(_pool_path(layout, recipe, ref), columns=["id", "text"])
-        keys += [doc_key(ref.source, ref.shard, i) for i in t.column("id").to_pylist()]
-        texts += t.column("text").to_pylist()
-    if keys != [k for r in pending for k in keys_by[f"source={r.source}/{r.shard}"]]:
-        raise DedupIndexError(f"dedup/{recipe}: a pool shard changed while it was being read")
-    found = decide(index, keys, texts, sigs, params)
+    index, index_sizes = _load_index(layout, recipe, valid)
+
+    def job(ref: ShardRef) -> tuple[str, str, DedupParams]:
+        return (str(_pool_path(layout, recipe, ref)), str(_cache_path(layout, recipe, ref)), params)
+
+    progress = Progress(f"dedup/{recipe}: MinHash signatures", len(valid) + len(pending), "shards")
+    compute.map(ensure_signatures, [job(r) for r in valid])
+    progress.advance(len(valid), note="indexed shards")
+    inputs = compute.map(shard_dedup_inputs, [job(r) for r in pending])
+    progress.advance(len(pending), note=f"{sum(i.computed for i in inputs)} computed")
+    keys = [doc_key(r.source, r.shard, i) for r, got in zip(pending, inputs, strict=True)
+            for i in got.ids]  # fmt: skip
+    digests = [d for got in inputs for d in got.digests]
+    sizes = [len(got.ids) for got in inputs]
+
+    def near(index_rows: np.ndarray, rows: np.ndarray) -> Components:
+        shards = [
+            SignatureShard(_cache_path(layout, recipe, ref), local)
+            for refs, rows_of, n_of in ((valid, index_rows, index_sizes), (pending, rows, sizes))
+            for ref, local in zip(refs, _split_rows(rows_of, n_of), strict=True)
+        ]
+        return banded_components(shards, params, layout.dedup_dir(recipe))
+
+    found = decide(index, keys, digests, near)
     at = 0
-    for ref in pending:
-        n = len(keys_by[f"source={ref.source}/{ref.shard}"])
+    for ref, n in zip(pending, sizes, strict=True):
         sl = slice(at, at + n)
         at += n
         shard_keys = found.keys[sl]
@@ -243,6 +276,7 @@ def _decide_pending(
         "batch_shards": len(pending),
         "batch_documents": len(keys),
         "index_documents": len(index),
+        "signature_shards_computed": sum(got.computed for got in inputs),
         "candidate_pairs": found.n_candidate_pairs,
         "verified_pairs": found.n_verified_pairs,
     }
@@ -255,6 +289,7 @@ def materialize_dedup_shard(
     source: str,
     shard: str,
     full_recompute: str = "",
+    compute: Compute | None = None,
 ) -> dict:
     """The dedup decisions of one pool shard (deciding every undecided shard in one batch).
 
@@ -282,7 +317,7 @@ def materialize_dedup_shard(
         valid, stale = _valid_and_stale(exp, layout, recipe, fingerprint)
         if stale:
             stale_keys = {ref.name() for ref in stale}
-            index, _ = _load_index(exp, layout, recipe, valid) if valid else (Index(), [])
+            index, _ = _load_index(layout, recipe, valid)
             leaning = sorted(
                 {
                     "/".join(split_key(k)[:2])
@@ -301,7 +336,9 @@ def materialize_dedup_shard(
         decided = {r.name() for r in valid}
         if this.name() not in decided:
             pending = [r for r in _pool_shards(exp, layout, recipe) if r.name() not in decided]
-            batch = _decide_pending(exp, layout, recipe, valid, pending, fingerprint)
+            batch = _decide_pending(
+                exp, layout, recipe, valid, pending, fingerprint, compute or LocalCompute()
+            )
     path = _decision_path(layout, recipe, this)
     t = read_parquet(path)
     status = Counter(t.column("status").to_pylist())

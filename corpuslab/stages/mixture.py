@@ -18,6 +18,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from corpuslab.compute import Compute
 from corpuslab.declarations import Experiment
 from corpuslab.fileio import digest, read_json, write_json, write_parquet
 from corpuslab.layout import Layout
@@ -47,12 +48,17 @@ def eos_token(exp: Experiment, mixture: str) -> str:
     return tdecl.eos_token
 
 
-def encode_mixture_pools(exp: Experiment, layout: Layout, mixture: str) -> enc_lib.EncodedPools:
-    """Cache entries of every filtered shard of the mixture's domains (encoding what is new)."""
+def encode_mixture_pools(
+    exp: Experiment, layout: Layout, mixture: str, compute: Compute | None = None
+) -> enc_lib.EncodedPools:
+    """Cache entries of every filtered shard of the mixture's domains (encoding what is new,
+    one shard a task through ``compute``: local threads by default, or Ray tasks)."""
     mdecl = exp.mixtures[mixture]
     pools = {d: layout.filtered_dir(mdecl.recipe, d) for d in exp.mixture_domains(mixture)}
     cache_dir = layout.encoded_dir(exp.tokenizer_owner(mixture)) / f"recipe={mdecl.recipe}"
-    return enc_lib.encode_pools(tokenizer_path(exp, layout, mixture), pools, cache_dir)
+    return enc_lib.encode_pools(
+        tokenizer_path(exp, layout, mixture), pools, cache_dir, compute=compute
+    )
 
 
 def _heldout_mask(ids: list[str], fraction: float, seed: int) -> np.ndarray:
@@ -135,7 +141,9 @@ def doremi_weights(layout: Layout, mixture: str) -> dict[str, float]:
     return {d: float(w) for d, w in weights.items()}
 
 
-def materialize_mixture(exp: Experiment, layout: Layout, mixture: str) -> dict:
+def materialize_mixture(
+    exp: Experiment, layout: Layout, mixture: str, compute: Compute | None = None
+) -> dict:
     """Domain weights by the declared strategy and the documents that fill the token budget.
 
     Token counts (and, for ``entropy``, the bigram statistics) come from the encoded cache
@@ -143,7 +151,7 @@ def materialize_mixture(exp: Experiment, layout: Layout, mixture: str) -> dict:
     """
     mdecl = exp.mixtures[mixture]
     domains = exp.mixture_domains(mixture)
-    cache = encode_mixture_pools(exp, layout, mixture)
+    cache = encode_mixture_pools(exp, layout, mixture, compute)
     need_tokens = mdecl.strategy == "entropy"
     doc_tokens: dict[str, np.ndarray] = {}
     train_shard: dict[str, pa.Array] = {}
@@ -274,7 +282,9 @@ def selection_keys(selection: pa.Table) -> dict[str, pa.Array]:
     }
 
 
-def materialize_tokens(exp: Experiment, layout: Layout, mixture: str) -> dict:
+def materialize_tokens(
+    exp: Experiment, layout: Layout, mixture: str, compute: Compute | None = None
+) -> dict:
     """Pack the selected documents' cached ids into shuffled EOS-separated rows of one domain.
 
     No text is encoded here unless a shard's cache entry is missing or stale.
@@ -294,7 +304,7 @@ def materialize_tokens(exp: Experiment, layout: Layout, mixture: str) -> dict:
     empty = pa.array([], pa.string())
     # every domain of the mixture gets an index (stable for per-domain losses), even if unused
     selection = {d: chosen.get(d, empty) for d in exp.mixture_domains(mixture)}
-    cache = encode_mixture_pools(exp, layout, mixture)
+    cache = encode_mixture_pools(exp, layout, mixture, compute)
     rows, dom, packed, selected = enc_lib.pack_selection(
         cache, selection, eos, mdecl.seq_len, mdecl.seed
     )

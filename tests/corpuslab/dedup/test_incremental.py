@@ -5,10 +5,11 @@ from __future__ import annotations
 import sysconfig
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-from corpuslab.dedup import DedupParams, compute_signatures, exact_duplicates
-from corpuslab.dedup.incremental import EXACT, KEPT, NEAR, Index, decide
+from corpuslab.dedup import DedupParams, compute_signatures, exact_duplicates, normalized_hash
+from corpuslab.dedup.incremental import EXACT, KEPT, NEAR, Index, decide, in_memory
 from corpuslab.dedup.lsh import find_duplicates_from_signatures
 
 STDLIB = Path(sysconfig.get_paths()["stdlib"])
@@ -38,19 +39,25 @@ def _global(keys: list[str], texts: list[str]) -> dict[str, str]:
     return out
 
 
-def _index(keys: list[str], texts: list[str], found) -> Index:  # noqa: ANN001
-    return Index(
-        keys=list(keys),
-        exact=found.exact,
-        signatures=compute_signatures(keys, texts, PARAMS),
-        status=found.status,
-        survivor=found.survivor,
-    )
+NONE = np.zeros((0, PARAMS.num_perm), np.uint64)
+
+
+def _index(keys: list[str], texts: list[str], found) -> tuple[Index, np.ndarray]:  # noqa: ANN001
+    """The index a first batch leaves, and its signatures (the caller keeps them)."""
+    index = Index(list(keys), found.exact, found.status, found.survivor)
+    return index, compute_signatures(keys, texts, PARAMS)
+
+
+def _batch(index: Index, sigs: np.ndarray, keys: list[str], texts: list[str]):  # noqa: ANN202
+    """Decide ``keys`` against ``index`` (whose signatures are ``sigs``), in memory."""
+    digests = [normalized_hash(t) for t in texts]
+    near = in_memory(sigs, compute_signatures(keys, texts, PARAMS), PARAMS)
+    return decide(index, keys, digests, near)
 
 
 def test_empty_index_gives_the_global_clustering(docs: dict[str, str]) -> None:
     keys, texts = list(docs), list(docs.values())
-    found = decide(Index(), keys, texts, compute_signatures(keys, texts, PARAMS), PARAMS)
+    found = _batch(Index(), NONE, keys, texts)
     expected = _global(keys, texts)
     assert dict(zip(found.keys, found.survivor, strict=True)) == expected
     assert found.status.count(EXACT) == 3  # the three copies
@@ -67,21 +74,9 @@ def test_new_documents_never_change_existing_decisions(docs: dict[str, str]) -> 
     first = [k for k in keys if not k.startswith(("cp12", "zz-"))]
     second = [k for k in keys if k.startswith(("cp12", "zz-"))]
     texts = {k: docs[k] for k in keys}
-    batch1 = decide(
-        Index(),
-        first,
-        [texts[k] for k in first],
-        compute_signatures(first, [texts[k] for k in first], PARAMS),
-        PARAMS,
-    )
-    index = _index(first, [texts[k] for k in first], batch1)
-    batch2 = decide(
-        index,
-        second,
-        [texts[k] for k in second],
-        compute_signatures(second, [texts[k] for k in second], PARAMS),
-        PARAMS,
-    )
+    batch1 = _batch(Index(), NONE, first, [texts[k] for k in first])
+    index, sigs = _index(first, [texts[k] for k in first], batch1)
+    batch2 = _batch(index, sigs, second, [texts[k] for k in second])
     kept1 = {k for k, s in zip(batch1.keys, batch1.status, strict=True) if s == KEPT}
     for status, survivor in zip(batch2.status, batch2.survivor, strict=True):
         if status != KEPT:
@@ -104,12 +99,11 @@ def test_new_documents_never_change_existing_decisions(docs: dict[str, str]) -> 
         assert batch2.status[i] == NEAR and batch2.survivor[i] in kept1
     # re-deciding a document already in the index is refused, not silently duplicated
     with pytest.raises(ValueError, match="already in the dedup index"):
-        decide(index, first[:1], [texts[first[0]]], index.signatures[:1], PARAMS)
+        _batch(index, sigs, first[:1], [texts[first[0]]])
 
 
-def _decide(index: Index, keys: list[str], docs: dict[str, str]):  # noqa: ANN202
-    texts = [docs[k] for k in keys]
-    return decide(index, keys, texts, compute_signatures(keys, texts, PARAMS), PARAMS)
+def _decide(index: Index, sigs: np.ndarray, keys: list[str], docs: dict[str, str]):  # noqa: ANN202
+    return _batch(index, sigs, keys, [docs[k] for k in keys])
 
 
 def test_two_batches_never_drop_more_than_one(docs: dict[str, str]) -> None:
@@ -118,10 +112,11 @@ def test_two_batches_never_drop_more_than_one(docs: dict[str, str]) -> None:
     exact duplicates; the later batch's keys are the smaller ones, so survivors differ."""
     keys = sorted(docs)
     half = len(keys) // 2
-    one = _decide(Index(), keys, docs)
+    one = _decide(Index(), NONE, keys, docs)
     later, earlier = keys[:half], keys[half:]
-    first = _decide(Index(), earlier, docs)
-    second = _decide(_index(earlier, [docs[k] for k in earlier], first), later, docs)
+    first = _decide(Index(), NONE, earlier, docs)
+    index, sigs = _index(earlier, [docs[k] for k in earlier], first)
+    second = _decide(index, sigs, later, docs)
     assert 0 < first.dropped() + second.dropped() <= one.dropped()
     assert first.status.count(EXACT) + second.status.count(EXACT) == one.status.count(EXACT)
     survivors_one = {s for s, st in zip(one.survivor, one.status, strict=True) if st != KEPT}

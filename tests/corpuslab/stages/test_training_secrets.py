@@ -118,7 +118,6 @@ def _tokens(root: Path) -> Path:
     return root / "tokens"
 
 
-@pytest.mark.slow
 def test_a_planted_secret_reaches_neither_mlflow_nor_the_logs(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
     capfd: pytest.CaptureFixture[str],
