@@ -3,7 +3,7 @@
 import dagster as dg
 
 from assets.common import CONSERVED, conservation, result
-from assets.partitions import shard_partitions
+from assets.partitions import shard_check, shard_partitions
 from corpuslab.declarations import Experiment
 from corpuslab.stages.corpus import materialize_corpus_shard
 from corpuslab.stages.versions import code_version
@@ -26,7 +26,7 @@ def corpus_asset(exp: Experiment, source: str) -> dg.AssetsDefinition:
         kinds={"parquet"},
         description=f"Raw shards of source '{source}' normalized to Parquet "
         f"(declared in {exp.where('sources', source)}).",
-        check_specs=[dg.AssetCheckSpec(CONSERVED, asset=key, blocking=True)],
+        check_specs=[shard_check(CONSERVED, key, source)],
     )
     def _corpus(
         context: dg.AssetExecutionContext,

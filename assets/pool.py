@@ -7,7 +7,7 @@ import dagster as dg
 from pydantic import Field
 
 from assets.common import CONSERVED, conservation, result
-from assets.partitions import shard_partitions
+from assets.partitions import shard_check, shard_partitions
 from corpuslab.declarations import Experiment
 from corpuslab.stages.dedup import materialize_dedup_shard
 from corpuslab.stages.pool import materialize_filtered_shard, materialize_pool_shard
@@ -34,7 +34,7 @@ def pool_asset(exp: Experiment, recipe: str, source: str) -> dg.AssetsDefinition
         kinds={"parquet"},
         description=f"Recipe '{recipe}' per-document steps over '{source}' "
         f"(declared in {exp.where('recipes', recipe)}).",
-        check_specs=[dg.AssetCheckSpec(CONSERVED, asset=key, blocking=True)],
+        check_specs=[shard_check(CONSERVED, key, source)],
     )
     def _pool(
         context: dg.AssetExecutionContext, home: CorpuslabHome, compute: ComputeResource
@@ -81,7 +81,7 @@ def dedup_asset(exp: Experiment, recipe: str, source: str) -> dg.AssetsDefinitio
         kinds={"minhash"},
         description=f"Exact and MinHash-LSH duplicates of each '{recipe}/{source}' shard, decided "
         f"against every shard of recipe '{recipe}' decided before (existing decisions stay).",
-        check_specs=[dg.AssetCheckSpec(SURVIVORS, asset=key, blocking=True)],
+        check_specs=[shard_check(SURVIVORS, key, source)],
     )
     def _dedup(
         context: dg.AssetExecutionContext,
@@ -159,7 +159,7 @@ def filtered_asset(exp: Experiment, recipe: str, source: str) -> dg.AssetsDefini
         group_name="pool",
         kinds={"parquet"},
         description=f"Pool '{recipe}/{source}' minus duplicates, above the quality threshold.",
-        check_specs=[dg.AssetCheckSpec(CONSERVED, asset=key, blocking=True)],
+        check_specs=[shard_check(CONSERVED, key, source)],
     )
     def _filtered(
         context: dg.AssetExecutionContext, home: CorpuslabHome, compute: ComputeResource

@@ -110,9 +110,34 @@ def cmd_materialize(args: argparse.Namespace) -> int:
         print(
             f"materialized {n} asset(s) in {len(reports)} Dagster run(s) in {time.time() - t0:.0f}s"
         )
-    else:
-        print("nothing is stale: every asset is up to date, nothing was materialized")
-    return 0
+    return _left_over(defs, instance, selection, bool(reports))
+
+
+def _left_over(defs: Any, instance: Any, selection: Any, ran: bool) -> int:
+    """Say what of the selection is still stale, waiting or failing; 1 if anything is failing.
+
+    The automation conditions request nothing for an asset whose inputs are missing or whose
+    inputs' blocking checks failed: the command must not call that "up to date".
+    """
+    from cli.status import format_status, status
+
+    keys = {k.to_user_string() for k in (selection or _all()).resolve(defs.resolve_asset_graph())}
+    lines = {
+        cat: [line for line in found if line.split("[")[0].split(":")[0] in keys]
+        for cat, found in status(defs, instance).items()
+    }
+    if not any(lines.values()):
+        if not ran:
+            print("nothing is stale: every selected asset is up to date, nothing was materialized")
+        return 0
+    print(format_status(lines))
+    return 1 if lines.get("failing") else 0
+
+
+def _all() -> Any:
+    import dagster as dg
+
+    return dg.AssetSelection.all()
 
 
 def cmd_status(args: argparse.Namespace) -> int:

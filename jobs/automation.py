@@ -36,6 +36,27 @@ _CHANGED = AC.code_version_changed().with_label("declaration changed") | AC.any_
 NOW = (
     (AC.missing().with_label("missing") | _CHANGED.since_last_handled()).with_label("due") & _READY
 ).with_label("now")
+# The quality model is fixed by its declaration and its recorded training sample: new shards are
+# scored by it, not a reason to retrain. It is requested when missing or when its recipe's
+# declaration changed (then the stage keeps the model if the sample's texts are unchanged);
+# retraining otherwise is an explicit action (`corpuslab materialize --retrain RECIPE`).
+# It also waits while an input is still to be rebuilt (its own declaration changed and it was
+# not materialized since) or an input's input just changed: an edited recipe re-runs its pool,
+# then its dedup, and the sample is checked against what both leave.
+_DECLARED = AC.code_version_changed().with_label("declaration changed")
+_SETTLED = (
+    ~AC.any_deps_match(AC.code_version_changed().since(AC.newly_updated()))
+    & ~AC.any_deps_match(AC.any_deps_match(AC.data_version_changed()))
+).with_label("inputs settled")
+FIXED = ((AC.newly_missing() | _DECLARED).since_last_handled() & _READY & _SETTLED).with_label(
+    "fixed by its declaration"
+)
+# The command runs ticks back to back and stops at the first that requests nothing, so it
+# cannot wait on a one-tick condition; it holds back an asset downstream of others still
+# changing itself (`cli.materialize.split_ready`).
+FIXED_NOW = (
+    (AC.missing().with_label("missing") | _DECLARED.since_last_handled()).with_label("due") & _READY
+).with_label("fixed by its declaration (now)")
 NIGHTLY = (
     AC.cron_tick_passed(NIGHTLY_CRON).since_last_handled() & _UPDATED.since_last_handled() & _READY
 ).with_label(f"nightly ({NIGHTLY_CRON})")
@@ -63,11 +84,14 @@ def automation_sensor() -> dg.AutomationConditionSensorDefinition:
 
 # Stages that train or evaluate models wait for the night; the rest follow their inputs.
 NIGHTLY_STAGES = frozenset({"train", "eval", "doremi", "compare"})
+FIXED_STAGES = frozenset({"quality_model"})
 _NOW: ContextVar[bool] = ContextVar("corpuslab_automation_now", default=False)
 
 
 def condition_for(key: dg.AssetKey) -> dg.AutomationCondition:
     """The declared condition of an asset (``NOW`` for all inside :func:`eager_everywhere`)."""
+    if key.path[0] in FIXED_STAGES:
+        return FIXED_NOW if _NOW.get() else FIXED
     if _NOW.get():
         return NOW
     return NIGHTLY if key.path[0] in NIGHTLY_STAGES else EAGER

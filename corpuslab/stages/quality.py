@@ -3,7 +3,8 @@
 The model is fixed by its declaration and its training sample: the sample (positives from the
 declared source, negatives from the deduplicated pool) is drawn once and recorded with a digest
 of its texts; materializing again with the same declaration and an intact sample reuses the
-model bit for bit, so new pool shards do not retrain it and filtered shards stay fresh. The
+model bit for bit, so filtered shards stay fresh. New pool shards do not even request it (its
+automation condition reacts to its declaration only: ``jobs/automation.py``). The
 keep threshold (``keep_fraction`` of the pool at training time, or ``min_score``) is recorded
 too; every filtered shard, old or new, is scored by this model against this threshold. A new
 ``retrain`` token (or a declaration change) draws a new sample and trains again.

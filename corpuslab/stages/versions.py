@@ -44,7 +44,9 @@ EXCLUDED = {
     "corpus": NOT_SHAPING["sources"],
     "pool": {"dedup", "quality"},
     "dedup": {"steps", "write_dropped", "quality"},
-    "quality_model": {"steps", "write_dropped", "dedup"},
+    # the whole recipe: the sample is drawn from the pool its steps and dedup leave, and the
+    # model's condition reacts to its declaration only (jobs/automation.py, FIXED)
+    "quality_model": {"write_dropped"},
     "filtered": {"steps", "write_dropped", "dedup", "quality"},
     "tokenizer": {"doremi", "token_budget", "strategy", "weights", "temperature",
                   "entropy_normalization", "seq_len"},

@@ -47,6 +47,7 @@ def test_declaration_edits_run_data_stages_at_once_and_training_at_night(
             evaluation_time=NIGHT + datetime.timedelta(minutes=1),
             cursor=first.cursor,
         )
+        # the quality model's declaration changed too, but it waits for the pool and dedup
         assert _requested(soon) == {"pool/lenient/docstrings", "pool/lenient/code"}
         assert soon.get_requested_partitions(dg.AssetKey(["pool", "lenient", "code"])) == {
             "part-00000",
