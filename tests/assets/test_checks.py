@@ -173,3 +173,29 @@ def test_a_duplicate_survivor_fails_survivors_kept_and_blocks_the_filtered_shard
     ).to_pylist()
     dropped = [(d["id"].endswith(COPY), d["status"]) for d in decided if d["status"] != "kept"]
     assert dropped == [(True, "exact_duplicate")]
+
+
+def test_a_failed_check_blocks_its_own_shard_only_whatever_ran_after_it(
+    home: Home, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Checks are recorded per shard: shard A's pool fails its check, then shard B's pool passes.
+    The automation conditions request B's dedup and not A's (a check without partitions would
+    count only the latest evaluation, B's pass, for both)."""
+    other = "part-00001"
+    raw = home.layout.home / "raw" / "docstrings"
+    with gzip.open(raw / f"{SHARD}.jsonl.gz", "rt", encoding="utf-8") as fh:
+        docs = [{**json.loads(line), "id": f"b-{i}"} for i, line in enumerate(fh)]
+    with gzip.open(raw / f"{other}.jsonl.gz", "wt", encoding="utf-8") as fh:
+        fh.writelines(json.dumps(d) + "\n" for d in docs)
+    home.instance.add_dynamic_partitions(shard_partitions("docstrings").name, [other])
+    with monkeypatch.context() as m:
+        m.setattr(
+            pool_stage,
+            "write_parquet",
+            _losing_last_row(home.layout.pool_dir("r", "docstrings"), pool_stage.write_parquet),
+        )
+        assert not home.run([POOL], SHARD).success
+    assert home.run([CORPUS, POOL], other).success  # the latest evaluation: a pass, of shard B
+    now = build(home.layout.home.parent / "experiments", home=home.layout.home, now=True)
+    result = dg.evaluate_automation_conditions(now, home.instance)
+    assert result.get_requested_partitions(DEDUP) == {other}
