@@ -23,14 +23,19 @@ from typing import Any
 
 import numpy as np
 
-from corpuslab.eval.scoring import gold_bpb
-
 # acc: mean log-likelihood per token (CORE's); acc_sum / acc_char: summed / per byte;
 # centered: acc centered on the random baseline; bpb: gold continuation bits per byte;
 # p_correct / margin: DataDecide's probability of the right choice and its margin.
 TASK_METRICS = ("acc", "acc_sum", "acc_char", "centered", "bpb", "p_correct", "margin")
 LOWER_IS_BETTER = frozenset({"bpb"})
 _MEAN_FIELDS = ("acc_sum", "acc_char", "p_correct", "margin")
+
+
+def gold_bpb(results: Sequence[dict[str, Any]]) -> float:
+    """Bits per byte of the right continuations: summed nats over summed bytes, in bits."""
+    nll = sum(r["gold_nll"] for r in results)
+    nbytes = sum(r["gold_bytes"] for r in results)
+    return nll / (math.log(2) * nbytes) if nbytes else float("nan")
 
 
 def centered_accuracy(acc: float, random_baseline: float) -> float:

@@ -6,7 +6,8 @@ the length of the context's own encoding, and every sequence starts with the end
 each document does in a training stream, and as ``bpb.py`` scores held-out text), so the
 adapter in :mod:`corpuslab.eval.lm_eval_adapter` scores exactly what this module scores. A
 context longer than the model's window keeps its last tokens (llm-foundry's and lm-eval's
-left truncation).
+left truncation); a continuation longer than the window, which both refuse, is scored in
+window-sized chunks, each token predicted once from the window before it.
 
 Efficiency: the alternatives of a multiple-choice item share their context, so the context and
 *all* continuations go into one row, each continuation at positions right after the context
@@ -31,7 +32,6 @@ DataDecide's continuous metrics):
 
 from __future__ import annotations
 
-import math
 import re
 import string
 from collections.abc import Callable, Sequence
@@ -41,7 +41,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from tokenizers import Tokenizer
 
 from corpuslab.eval.tasks import CHOICE_TYPES, Item, TaskDecl, prompts
@@ -86,11 +85,10 @@ class Encoder:
     def encode_many(self, texts: Sequence[str]) -> list[list[int]]:
         """Ids of each text (no special tokens), batch-encoded and cached."""
         todo = list(dict.fromkeys(t for t in texts if t not in self._cache))
-        if todo:
-            for text, enc in zip(
-                todo, self.tokenizer.encode_batch(todo, add_special_tokens=False), strict=True
-            ):
-                self._cache[text] = list(enc.ids)
+        if todo:  # encode_batch_fast: no character offsets, which scoring never needs
+            encoded = self.tokenizer.encode_batch_fast(todo, add_special_tokens=False)
+            for text, enc in zip(todo, encoded, strict=True):
+                self._cache[text] = enc.ids
         return [self._cache[t] for t in texts]
 
     def encode(self, text: str) -> list[int]:
@@ -148,31 +146,28 @@ def pack_requests(
     """Rows that score every request once, contexts shared (see the module docstring).
 
     A context is left-truncated so that context + continuation predictions fit ``seq_len``;
-    requests with the same (truncated) context share rows of at most ``row_tokens`` tokens
-    (default ``seq_len``; a context with one long continuation may exceed it).
+    a continuation longer than the window is scored in consecutive chunks of up to
+    ``seq_len`` tokens, each chunk seeing the window of tokens before it (every token is
+    predicted once, as ``bpb.py`` scores long documents). Pieces with the same context share
+    rows of at most ``row_tokens`` tokens (default ``seq_len``; one long piece may exceed it).
     """
     limit = row_tokens or seq_len
-    groups: dict[tuple[int, ...], list[int]] = {}
+    groups: dict[tuple[int, ...], list[tuple[int, tuple[int, ...]]]] = {}
     for r, req in enumerate(requests):
         cont = req.continuation
         if not cont:
             raise ValueError(f"request {r} has an empty continuation")
-        if len(cont) > seq_len:
-            raise ValueError(
-                f"request {r}: a continuation of {len(cont)} tokens does not fit seq_len={seq_len}"
-            )
-        ctx = req.context
-        over = len(ctx) + len(cont) - 1 - seq_len
-        if over > 0:
-            ctx = ctx[over:]
-        if not ctx:
+        if not req.context:
             raise ValueError(f"request {r} has no context token (start with the EOS id)")
-        groups.setdefault(ctx, []).append(r)
+        seq, n_ctx = (*req.context, *cont), len(req.context)
+        for a in range(0, len(cont), seq_len):
+            b = min(len(cont), a + seq_len)
+            start = max(0, n_ctx + b - 1 - seq_len)  # the window the last prediction sees
+            groups.setdefault(seq[start : n_ctx + a], []).append((r, cont[a:b]))
     rows: list[_Row] = []
     for ctx, members in groups.items():
         row = _new_row(ctx)
-        for r in members:
-            cont = requests[r].continuation
+        for r, cont in members:
             need = len(cont) - 1
             if row.branches and len(row.tokens) + need > limit:
                 rows.append(row)
@@ -194,23 +189,24 @@ def _batch_tensors(
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """Right-padded (ids, positions, mask) of a chunk; positions and mask None when causal."""
     width = max(len(r.tokens) for r in chunk)
-    ids = torch.zeros((len(chunk), width), dtype=torch.long)
+    ids = np.zeros((len(chunk), width), dtype=np.int64)
     for b, row in enumerate(chunk):
-        ids[b, : len(row.tokens)] = torch.tensor(row.tokens)
+        ids[b, : len(row.tokens)] = row.tokens
     if all(r.branches <= 1 for r in chunk):  # plain sequences: the model's own causal path
-        return ids, None, None
-    pos = torch.zeros((len(chunk), width), dtype=torch.long)
-    br = torch.full((len(chunk), width), -2, dtype=torch.long)  # -2: padding
+        return torch.from_numpy(ids), None, None
+    pos = np.zeros((len(chunk), width), dtype=np.int64)
+    branch = np.full((len(chunk), width), -2, dtype=np.int64)  # -2: padding
     for b, row in enumerate(chunk):
         n = len(row.tokens)
-        pos[b, :n] = torch.tensor(row.positions)
-        br[b, :n] = torch.tensor(row.branch)
+        pos[b, :n] = row.positions
+        branch[b, :n] = row.branch
+    br = torch.from_numpy(branch)
     causal = torch.ones((width, width), dtype=torch.bool).tril()
     q, k = br[:, :, None], br[:, None, :]
     # context keys are visible to everyone after them; a branch sees only its own keys;
     # padding sees padding (so no query row is fully masked)
     mask = causal & ((k == -1) & (q != -2) | (k == q))
-    return ids, pos, mask[:, None]
+    return torch.from_numpy(ids), torch.from_numpy(pos), mask[:, None]
 
 
 @torch.inference_mode()
@@ -219,8 +215,13 @@ def score_requests(
     requests: Sequence[Request],
     batch_size: int = 32,
     row_tokens: int | None = None,
+    greedy: bool = True,
 ) -> list[Score]:
-    """Log-likelihood of every request's continuation given its context (see the module)."""
+    """Log-likelihood of every request's continuation given its context (see the module).
+
+    ``greedy=False`` skips the argmax over the vocabulary (``Score.greedy`` is then False):
+    multiple choice never needs it.
+    """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if not requests:
@@ -232,7 +233,7 @@ def score_requests(
     rows.sort(key=lambda r: len(r.tokens), reverse=True)
     logprob = np.zeros(len(requests), dtype=np.float64)
     tokens = np.zeros(len(requests), dtype=np.int64)
-    greedy = np.ones(len(requests), dtype=bool)
+    is_greedy = np.full(len(requests), greedy, dtype=bool)
     for start in range(0, len(rows), batch_size):
         chunk = rows[start : start + batch_size]
         ids, pos, mask = _batch_tensors(chunk)
@@ -242,24 +243,24 @@ def score_requests(
             None if pos is None else pos.to(device),
             None if mask is None else mask.to(device),
         )
-        flat, req, tgt = [], [], []
-        for b, row in enumerate(chunk):
-            assert row.preds is not None
-            for r, p, t in row.preds:
-                flat.append(b * width + p)
-                req.append(r)
-                tgt.append(t)
-        logits = model.lm_head(hidden.reshape(-1, hidden.shape[-1])[torch.tensor(flat)]).float()
-        target = torch.tensor(tgt, device=logits.device)
-        lp = F.log_softmax(logits, dim=-1).gather(1, target[:, None]).squeeze(1)
-        hit = (logits.argmax(dim=-1) == target).cpu().numpy()
-        req_idx = np.asarray(req)
-        np.add.at(logprob, req_idx, lp.double().cpu().numpy())
+        preds = np.array([(b * width + p, r, t) for b, row in enumerate(chunk)
+                          for r, p, t in row.preds or ()], dtype=np.int64)  # fmt: skip
+        flat = torch.from_numpy(preds[:, 0]).to(device)
+        target = torch.from_numpy(preds[:, 2]).to(device)
+        logits = model.lm_head(hidden.reshape(-1, hidden.shape[-1])[flat]).float()
+        picked = logits.gather(1, target[:, None]).squeeze(1)
+        # log-softmax at the target only: no (predictions x vocabulary) output is written
+        lp = (picked - torch.logsumexp(logits, dim=-1)).double().cpu().numpy()
+        req_idx = preds[:, 1]
+        np.add.at(logprob, req_idx, lp)
         np.add.at(tokens, req_idx, 1)
-        np.logical_and.at(greedy, req_idx, hit)
+        if greedy:  # the target holds the maximum logit (ties count as greedy)
+            hit = (picked >= logits.max(dim=-1).values).cpu().numpy()
+            np.logical_and.at(is_greedy, req_idx, hit)
     model.train(was_training)
     return [
-        Score(float(lp), int(n), bool(g)) for lp, n, g in zip(logprob, tokens, greedy, strict=True)
+        Score(float(lp), int(n), bool(g))
+        for lp, n, g in zip(logprob, tokens, is_greedy, strict=True)
     ]
 
 
@@ -349,15 +350,8 @@ def score_task(
     alts = prompts(task, items, k)
     flat = [pair for item_alts in alts for pair in item_alts]
     requests = encoder.pairs(flat)
-    owner = [item.id for item, item_alts in zip(items, alts, strict=True) for _ in item_alts]
-    for req, item_id in zip(requests, owner, strict=True):
-        if len(req.continuation) > model.config.seq_len:
-            raise ValueError(
-                f"task {task.label!r}, item {item_id!r}: a continuation of "
-                f"{len(req.continuation)} tokens does not fit the model's seq_len="
-                f"{model.config.seq_len}"
-            )
-    scores = score_requests(model, requests, batch_size, row_tokens)
+    need_greedy = task.icl_task_type == "language_modeling"
+    scores = score_requests(model, requests, batch_size, row_tokens, greedy=need_greedy)
     results: list[dict[str, Any]] = []
     at = 0
     for item, item_alts in zip(items, alts, strict=True):
@@ -419,10 +413,3 @@ def _generate_answers(
         got = norm(text)
         res["generation"] = text
         res["acc"] = float(any(got.startswith(norm(a)) for a in group))
-
-
-def gold_bpb(results: Sequence[dict[str, Any]]) -> float:
-    """Bits per byte of the right continuations: summed nats over summed bytes, in bits."""
-    nll = sum(r["gold_nll"] for r in results)
-    nbytes = sum(r["gold_bytes"] for r in results)
-    return nll / (math.log(2) * nbytes) if nbytes else float("nan")

@@ -9,6 +9,7 @@ import pyarrow as pa
 
 from corpuslab import quality as quality_lib
 from corpuslab.declarations import Experiment
+from corpuslab.eval.suite import reserved
 from corpuslab.fileio import digest, read_parquet, write_json, write_parquet
 from corpuslab.ingest.readers import read_parquet_dir
 from corpuslab.layout import Layout
@@ -18,7 +19,8 @@ from corpuslab.stages.common import pool_tables
 def materialize_quality_model(exp: Experiment, layout: Layout, recipe: str) -> dict:
     """Train fastText: declared positive source vs. a sample of the pool; score the whole pool.
 
-    Duplicates found by ``dedup/<recipe>`` are neither negatives nor scored. A recipe without a
+    Duplicates found by ``dedup/<recipe>`` are neither negatives nor scored; positives held out
+    by an evaluation suite (``evals.<suite>.heldout``) are left out. A recipe without a
     ``quality`` declaration scores every document 1.0 with threshold 0 (nothing is dropped).
     """
     decl = exp.recipes[recipe]
@@ -40,6 +42,14 @@ def materialize_quality_model(exp: Experiment, layout: Layout, recipe: str) -> d
         positives_t = read_parquet_dir(
             layout.corpus_dir(params.positive_source), columns=["id", "text"]
         )
+        # documents an evaluation suite holds out never teach the filter what "good" looks like
+        fraction = exp.reserved_fraction(params.positive_source)
+        if fraction:
+            keep = [not reserved(i, fraction) for i in positives_t.column("id").to_pylist()]
+            reserved_positives = positives_t.num_rows - sum(keep)
+            positives_t = positives_t.filter(pa.array(keep, pa.bool_()))
+        else:
+            reserved_positives = 0
         if positives_t.num_rows == 0:
             raise ValueError(
                 f"recipe {recipe!r}: positive_source {params.positive_source!r} has no documents; "
@@ -65,6 +75,7 @@ def materialize_quality_model(exp: Experiment, layout: Layout, recipe: str) -> d
             "threshold": threshold,
             "metrics": metrics,
             "positives": len(positives),
+            "positives_reserved_for_eval": reserved_positives,
             "negatives": len(negatives),
             "scored": len(texts),
             "kept": int(keep.sum()),

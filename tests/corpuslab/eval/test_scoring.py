@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import torch
 
+from corpuslab.eval.metrics import gold_bpb
 from corpuslab.eval.scoring import (
     Encoder,
     Request,
     _choice_metrics,
-    gold_bpb,
     greedy_generate,
     normalize_answer,
     score_requests,
@@ -97,8 +97,22 @@ def test_context_longer_than_the_window_keeps_its_last_tokens(tiny_gpt: GPT) -> 
     long = Request(tuple(rng.randrange(512) for _ in range(100)), (5, 6, 7))
     (score,) = score_requests(tiny_gpt, [long])
     assert score.logprob == pytest.approx(naive_logprob(tiny_gpt, long), abs=1e-4)
-    with pytest.raises(ValueError, match="does not fit seq_len=64"):
-        score_requests(tiny_gpt, [Request((0,), tuple(range(65)))])
+
+
+def test_continuation_longer_than_the_window_is_scored_in_windows(tiny_gpt: GPT) -> None:
+    """150 continuation tokens on a 64-token window: three chunks, each token predicted once
+    from the 64 tokens before its chunk's end (the chunks summed)."""
+    rng = random.Random(3)
+    ctx = tuple(rng.randrange(512) for _ in range(20))
+    cont = tuple(rng.randrange(512) for _ in range(150))
+    (score,) = score_requests(tiny_gpt, [Request(ctx, cont)], batch_size=2)
+    seq = ctx + cont
+    expected = 0.0
+    for a in range(0, 150, 64):
+        b = min(150, a + 64)
+        expected += naive_logprob(tiny_gpt, Request(seq[: 20 + a], cont[a:b]))
+    assert score.tokens == 150
+    assert score.logprob == pytest.approx(expected, abs=1e-3)
 
 
 def test_greedy_flag_is_true_only_when_every_token_is_the_argmax(tiny_gpt: GPT) -> None:
