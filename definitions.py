@@ -9,7 +9,7 @@ from pathlib import Path
 import dagster as dg
 
 import jobs
-from assets import corpus, evaluation, mixture, pool, stats, training
+from assets import compare, corpus, evaluation, mixture, pool, stats, training
 from corpuslab.declarations import load_experiment
 from resources import environments
 
@@ -17,7 +17,7 @@ from resources import environments
 def build(experiments: Path | None = None, home: Path | None = None) -> dg.Definitions:
     """Definitions of the declared experiment, with the resources of ``$CORPUSLAB_ENV``."""
     exp = load_experiment(experiments)
-    domains = [m.defs(exp) for m in (corpus, pool, mixture, training, evaluation)]
+    domains = [m.defs(exp) for m in (corpus, pool, mixture, training, evaluation, compare)]
     return dg.Definitions.merge(
         *domains,
         stats.defs(*domains),

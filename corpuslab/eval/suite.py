@@ -70,12 +70,13 @@ def reserved(doc_id: str, fraction: float) -> bool:
     return int.from_bytes(h, "big") / 2**64 < fraction
 
 
-def _order(key: str) -> bytes:
+def order_key(key: str) -> bytes:
+    """A fixed pseudo-random sort key: items and held-out documents are taken in this order."""
     return hashlib.blake2b(key.encode(), digest_size=8).digest()
 
 
 def _rng(key: str) -> np.random.Generator:
-    return np.random.default_rng(int.from_bytes(_order("rng:" + key), "big"))
+    return np.random.default_rng(int.from_bytes(order_key("rng:" + key), "big"))
 
 
 def _norm(text: str) -> str:
@@ -182,7 +183,7 @@ def _shuffle(gold: str, distractors: Sequence[str], key: str) -> tuple[tuple[str
 
 
 def _capped(items: list[Item], max_items: int | None) -> list[Item]:
-    items.sort(key=lambda it: (_order(it.id), it.id))
+    items.sort(key=lambda it: (order_key(it.id), it.id))
     return items[:max_items] if max_items else items
 
 
