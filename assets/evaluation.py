@@ -22,8 +22,9 @@ def replicate_key(stage: str, run: str, seed: int | None) -> dg.AssetKey:
 def evalset_asset(exp: Experiment, suite: str) -> dg.AssetsDefinition:
     key = dg.AssetKey(["evalset", suite])
     decl = exp.evals[suite]
-    # the set itself is built from the raw corpus; its check reads every mixture's training data
-    deps = [dg.AssetKey(["corpus", s]) for s in decl.heldout_sources()]
+    # the set is built from the raw corpus (held-out slices, decontaminated against the rest);
+    # its check reads every mixture's training data
+    deps = [dg.AssetKey(["corpus", s]) for s in exp.sources]
     for mixture in exp.mixtures:
         deps += [dg.AssetKey(["mixture", mixture]), dg.AssetKey(["tokens", mixture])]
 
@@ -59,6 +60,7 @@ def evalset_asset(exp: Experiment, suite: str) -> dg.AssetsDefinition:
                     {s: v["documents"] for s, v in manifest["heldout"].items()}
                 ),
                 "reserved_documents": manifest["reserved_documents"],
+                "set_aside_as_contaminated": manifest["set_aside"]["count"],
                 "path": dg.MetadataValue.path(str(layout.evalset_dir(suite))),
             },
             data_version=dg.DataVersion(manifest["data_version"]),

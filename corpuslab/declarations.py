@@ -269,10 +269,18 @@ class HeldoutDecl(Strict):
 
 class DecontaminationDecl(Strict):
     """The decontamination check: at most ``max_overlap`` of an eval text's ``ngram``-grams
-    may occur in training documents (GPT-3 and decon use 13-grams; 0.0 tolerates none)."""
+    may occur in training documents (GPT-3 and decon use 13-grams; 0.0 tolerates none).
+
+    ``set_aside``: when the eval set is built, held-out documents and builtin task items that
+    overlap beyond ``max_overlap`` with any document of the raw corpus that is not held out
+    (every declared source, so the set does not depend on recipes) are set aside, listed with
+    the documents they overlap in the manifest, and not scored. Items of task files are never
+    set aside: the check reports them.
+    """
 
     ngram: int = Field(NGRAM, ge=5)
     max_overlap: float = Field(0.0, ge=0.0, lt=1.0)
+    set_aside: bool = True
 
 
 class SuiteDecl(Strict):

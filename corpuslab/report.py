@@ -49,6 +49,9 @@ def summary(exp: Experiment, layout: Layout) -> str:
         )
         q = _read(layout.quality_dir(recipe) / "summary.json")
         m = q.get("metrics", {})
+        if q and not q.get("enabled", True):
+            out(f"== quality_model/{recipe}: no quality filter declared (every document kept) ==")
+            continue
         out(
             f"== quality_model/{recipe}: held-out accuracy {m.get('accuracy', 0):.3f}, "
             f"precision {m.get('precision', 0):.3f}, recall {m.get('recall', 0):.3f}, "
@@ -190,6 +193,19 @@ def study_summary(exp: Experiment, layout: Layout, study: str) -> str:
             f"{e['n_seeds']} seed(s), seed sd {e['seed_sd']:.4f})"
         )
     lines += [f"   DECISION: {line}" for line in result["decision"]["lines"]]
+    # the continuous metrics, which separate small models long before accuracy does
+    suite = decl.suite
+    for name in [f"{suite}.bpb", *(k for k in result["metrics"] if ".heldout." in k)]:
+        c = result["metrics"].get(name)
+        if c is None or name == result["metric"]:
+            continue
+        for run, d in c["differences"].items():
+            verdict = "significant" if d["significant"] else "not significant at this scale"
+            lines.append(
+                f"   also {name} (lower is better): {run} - {c['baseline']} = {d['value']:+.4f} "
+                f"[{d['low']:+.4f}, {d['high']:+.4f}], flip probability "
+                f"{d['flip_probability']:.2f}: {verdict}"
+            )
     lines.append(f"   report: {result['report']['html']} (also in MLflow, parent run "
                  f"{result.get('mlflow_parent_run_id', '-')})")  # fmt: skip
     return "\n".join(lines)

@@ -279,10 +279,15 @@ def heldout_lm_items(docs: Sequence[tuple[str, str]], max_items: int | None = No
     return _capped(items, max_items)
 
 
-def builtin_items(task: TaskDecl, heldout: dict[str, list[tuple[str, str]]]) -> list[Item]:
-    """The items of a builtin task; ``heldout`` maps sources to their (id, text) documents."""
+def builtin_items(
+    task: TaskDecl, heldout: dict[str, list[tuple[str, str]]], capped: bool = True
+) -> list[Item]:
+    """The items of a builtin task, in their fixed order; ``heldout`` maps sources to their
+    (id, text) documents. ``capped=False`` ignores ``max_items`` (the caller caps after
+    setting items aside)."""
+    limit = task.max_items if capped else None
     if task.builtin == "signature_docstring":
-        items = signature_docstring_items(task.max_items)
+        items = signature_docstring_items(limit)
     else:
         if task.source not in heldout:
             raise ValueError(
@@ -291,9 +296,9 @@ def builtin_items(task: TaskDecl, heldout: dict[str, list[tuple[str, str]]]) -> 
             )
         docs = heldout[task.source]
         if task.builtin == "next_sentence":
-            items = next_sentence_items(docs, task.max_items)
+            items = next_sentence_items(docs, limit)
         elif task.builtin == "heldout_lm":
-            items = heldout_lm_items(docs, task.max_items)
+            items = heldout_lm_items(docs, limit)
         else:
             raise ValueError(f"unknown builtin {task.builtin!r}")
     if not items:

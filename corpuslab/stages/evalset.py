@@ -1,7 +1,8 @@
 """``evalset/<suite>``: a suite's fixed evaluation set, and the proof that no run trains on it.
 
 The set is built from the suite's declaration and the raw corpus only (held-out documents are
-an id-hash slice of the corpus, task items come from files or the built-in generators), so
+an id-hash slice of the corpus, task items come from files or the built-in generators, and
+generated text that overlaps the raw corpus outside the held-out slices is set aside first), so
 changing a recipe or a mixture never changes what the runs are evaluated on.
 
 :func:`check_excluded` is the asset's blocking check: no held-out document id in any filtered
@@ -13,6 +14,7 @@ the declared share of its word n-grams with the training pools (:mod:`corpuslab.
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator
 from typing import Any
 
 import pyarrow as pa
@@ -22,7 +24,7 @@ from corpuslab.declarations import Experiment
 from corpuslab.eval import evalset as es
 from corpuslab.eval.decontam import overlap
 from corpuslab.eval.suite import SUITE_VERSION, builtin_items, order_key, reserved
-from corpuslab.eval.tasks import read_items
+from corpuslab.eval.tasks import Item, TaskDecl, read_items
 from corpuslab.fileio import read_json, write_json
 from corpuslab.layout import Layout
 from corpuslab.lmdata.encoded import pool_shards
@@ -36,15 +38,12 @@ def _corpus_shards(layout: Layout, source: str) -> list:
     return shards
 
 
-def held_out_documents(exp: Experiment, layout: Layout, suite: str) -> tuple[pa.Table, pa.Table]:
-    """(scored documents: up to ``max_docs`` per source, every held-out document's key)."""
+def _reserved_rows(exp: Experiment, layout: Layout, suite: str) -> dict[str, list[tuple]]:
+    """Source -> every held-out document as (order key, shard, id, text), in the fixed order."""
     decl = exp.evals[suite].heldout
-    scored: list[pa.Table] = []
-    keys: list[pa.Table] = []
-    if decl is None:
-        return es.HELDOUT_SCHEMA.empty_table(), es.RESERVED_SCHEMA.empty_table()
-    for source, fraction in decl.reserved_sources().items():
-        rows: list[tuple[bytes, str, str, str]] = []
+    out: dict[str, list[tuple]] = {}
+    for source, fraction in (decl.reserved_sources() if decl else {}).items():
+        rows = []
         for path in _corpus_shards(layout, source):
             t = pq.read_table(path, columns=["id", "text"])
             for doc_id, text in zip(
@@ -52,52 +51,94 @@ def held_out_documents(exp: Experiment, layout: Layout, suite: str) -> tuple[pa.
             ):
                 if reserved(doc_id, fraction):
                     rows.append((order_key(f"{source}/{doc_id}"), path.stem, doc_id, text))
-        rows.sort()
-        keys.append(
-            pa.table(
-                {
-                    "source": [source] * len(rows),
-                    "shard": [r[1] for r in rows],
-                    "id": [r[2] for r in rows],
-                },
-                schema=es.RESERVED_SCHEMA,
-            )
-        )
-        top = rows[: decl.max_docs]
-        scored.append(
-            pa.table(
-                {
-                    "source": [source] * len(top),
-                    "shard": [r[1] for r in top],
-                    "id": [r[2] for r in top],
-                    "text": [r[3] for r in top],
-                },
-                schema=es.HELDOUT_SCHEMA,
-            )
-        )
-    return pa.concat_tables(scored), pa.concat_tables(keys)
+        out[source] = sorted(rows)
+    return out
+
+
+def raw_training_text(exp: Experiment, layout: Layout) -> Iterator[tuple[str, str]]:
+    """(``corpus/<source>/<shard>/<id>``, text) of every raw document no suite holds out: all
+    a recipe could ever train on, whatever the recipes declare."""
+    for source in exp.sources:
+        fraction = exp.reserved_fraction(source)
+        for path in _corpus_shards(layout, source):
+            t = pq.read_table(path, columns=["id", "text"])
+            for doc_id, text in zip(
+                t.column("id").to_pylist(), t.column("text").to_pylist(), strict=True
+            ):
+                if not (fraction and reserved(doc_id, fraction)):
+                    yield f"corpus/{source}/{path.stem}/{doc_id}", text
+
+
+def _set_aside(
+    exp: Experiment, layout: Layout, suite: str, texts: dict[str, str]
+) -> dict[str, dict[str, Any]]:
+    """Eval texts overlapping the raw training text beyond the suite's threshold (key -> why)."""
+    dc = exp.evals[suite].decontamination
+    report = overlap(texts, raw_training_text(exp, layout), n=dc.ngram, threshold=dc.max_overlap)
+    return {
+        o.key: {"fraction": round(o.fraction, 4), "overlaps": o.examples}
+        for o in report.contaminated
+    }
 
 
 def materialize_evalset(exp: Experiment, layout: Layout, suite: str) -> dict[str, Any]:
-    """Build the suite's eval set (see the module docstring); returns its manifest."""
+    """Build the suite's eval set (see the module docstring); returns its manifest.
+
+    With ``decontamination.set_aside`` (the default), held-out documents and builtin task
+    items that overlap the raw corpus outside the held-out slices are set aside first (listed
+    in the manifest with the documents they overlap); then up to ``max_docs`` documents per
+    source are kept for scoring and builtin tasks are built from them.
+    """
     decl = exp.evals[suite]
-    heldout, keys = held_out_documents(exp, layout, suite)
+    rows = _reserved_rows(exp, layout, suite)
+    keys = pa.table(
+        {
+            "source": [s for s, rs in rows.items() for _ in rs],
+            "shard": [r[1] for rs in rows.values() for r in rs],
+            "id": [r[2] for rs in rows.values() for r in rs],
+        },
+        schema=es.RESERVED_SCHEMA,
+    )
+    aside: dict[str, dict[str, Any]] = {}
+    if decl.decontamination.set_aside and rows:
+        aside = _set_aside(
+            exp, layout, suite, {f"heldout:{s}:{r[2]}": r[3] for s, rs in rows.items() for r in rs}
+        )
     docs: dict[str, list[tuple[str, str]]] = {}
-    for source, doc_id, text in zip(
-        heldout.column("source").to_pylist(),
-        heldout.column("id").to_pylist(),
-        heldout.column("text").to_pylist(),
-        strict=True,
-    ):
-        docs.setdefault(source, []).append((doc_id, text))
-    tasks = {}
+    scored: dict[str, list[tuple]] = {}
+    max_docs = decl.heldout.max_docs if decl.heldout else 0
+    for source, rs in rows.items():
+        clean = [r for r in rs if f"heldout:{source}:{r[2]}" not in aside]
+        docs[source] = [(r[2], r[3]) for r in clean]  # builtin tasks draw on every clean one
+        scored[source] = clean[:max_docs]
+    heldout = pa.table(
+        {
+            "source": [s for s, rs in scored.items() for _ in rs],
+            "shard": [r[1] for rs in scored.values() for r in rs],
+            "id": [r[2] for rs in scored.values() for r in rs],
+            "text": [r[3] for rs in scored.values() for r in rs],
+        },
+        schema=es.HELDOUT_SCHEMA,
+    )
+    tasks: dict[str, tuple[TaskDecl, list[Item]]] = {}
+    built: dict[str, list[Item]] = {}
     for task in decl.tasks:
         path = task.resolve_file(exp.root)
         if path is not None:
-            items = read_items(path, task.icl_task_type, task.has_categories)
+            tasks[task.label] = (task, read_items(path, task.icl_task_type, task.has_categories))
         else:
-            items = builtin_items(task, docs)
-        tasks[task.label] = (task, items)
+            built[task.label] = builtin_items(task, docs, capped=False)
+    item_aside: dict[str, dict[str, Any]] = {}
+    if decl.decontamination.set_aside and built:
+        texts = {f"task:{lbl}:{it.id}": it.text() for lbl, its in built.items() for it in its}
+        item_aside = _set_aside(exp, layout, suite, texts)
+    for task in decl.tasks:
+        if task.label in built:
+            kept = [
+                it for it in built[task.label] if f"task:{task.label}:{it.id}" not in item_aside
+            ]
+            tasks[task.label] = (task, kept[: task.max_items] if task.max_items else kept)
+    tasks = {t.label: tasks[t.label] for t in decl.tasks}  # declaration order
     folder = layout.evalset_dir(suite)
     manifest = es.write_evalset(
         folder,
@@ -109,6 +150,7 @@ def materialize_evalset(exp: Experiment, layout: Layout, suite: str) -> dict[str
         extra={
             "python": sys.version.split()[0],  # the builtin signature task reads its stdlib
             "decontamination": decl.decontamination.model_dump(),
+            "set_aside": {"count": len(aside) + len(item_aside), "texts": aside | item_aside},
         },
     )
     (folder / es.DECONTAMINATION).unlink(missing_ok=True)  # the check writes it anew

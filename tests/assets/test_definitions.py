@@ -26,8 +26,17 @@ def test_definitions_module_loads_expected_graph() -> None:
         "tokenizer/natural",
         "mixture/natural",
         "tokens/natural",
-        "train/tiny",
-        "eval/tiny",
+        "train/tiny/seed0",
+        "train/tiny/seed2",
+        "eval/tiny/seed1",
+        "train/tiny_heuristic/seed0",
+        "eval/tiny_heuristic/seed2",
+        "pool/heuristic/code",
+        "tokenizer/heuristic",
+        "tokens/heuristic",
+        "evalset/core_lite",
+        "compare/quality_filter",
+        "stats/leaderboard",
         "doremi/doremi/reference",
         "doremi/doremi/proxy",
         "doremi/doremi/weights",
@@ -52,8 +61,21 @@ def test_definitions_module_loads_expected_graph() -> None:
         f"pool/baseline/{s}" for s in ("docstrings", "code", "packages")
     }
     assert "corpus/reference" in parents("quality_model/baseline")
-    assert parents("train/tiny") == {"tokens/natural", "mixture/natural"}
-    assert "train/tiny" in parents("eval/tiny")
+    assert parents("train/tiny/seed0") == {"tokens/natural", "mixture/natural"}
+    assert {"train/tiny/seed0", "evalset/core_lite"} <= parents("eval/tiny/seed0")
+    assert "train/tiny" not in keys  # a run with seeds is one asset per seed
+    assert {"train/tiny_doremi", "evalset/core_lite"} <= parents("eval/tiny_doremi")
+    # the study reads every seed of both runs; the eval set its check reads every token file
+    assert parents("compare/quality_filter") == {
+        *(f"eval/{r}/seed{k}" for r in ("tiny", "tiny_heuristic") for k in range(3)),
+        "evalset/core_lite",
+    }
+    assert {"corpus/reference", "tokens/natural", "tokens/heuristic"} <= parents(
+        "evalset/core_lite"
+    )
+    assert "eval/tiny/seed0" in parents("stats/leaderboard")
+    check_keys = {c.to_user_string() for c in graph.asset_check_keys}
+    assert "evalset/core_lite:excluded_from_training" in check_keys
     # DoReMi: reference and proxy train on natural's tokens; its weights feed mixture/doremi
     assert {"tokens/natural"} <= parents("doremi/doremi/reference")
     assert {"doremi/doremi/reference", "tokens/natural"} <= parents("doremi/doremi/proxy")

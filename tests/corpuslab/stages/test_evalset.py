@@ -135,3 +135,34 @@ def test_the_exclusion_check_fails_on_planted_leaks_and_names_them(
     assert any(doc.endswith("/planted/quote") for doc in bad[key]["training_documents"])
     with pytest.raises(RuntimeError, match="failed its exclusion check"):
         require_clean(layout, "s")
+
+
+def test_generated_text_quoted_elsewhere_in_the_raw_corpus_is_set_aside(
+    built: tuple[Experiment, Layout], tmp_path: Path
+) -> None:
+    """A raw docstrings document quoting a held-out section: the section is set aside (named
+    with the quoting document in the manifest), neither scored nor used to build items."""
+    exp, layout = built
+    held = pq.read_table(layout.evalset_dir("s") / "heldout.parquet").to_pylist()
+    victim = next(d for d in held if d["source"] == "reference" and len(d["text"].split()) > 80)
+    home = tmp_path / "home"
+    shutil.copytree(layout.data / "corpus", home / "data" / "corpus")
+    other = Layout(home)
+    doc_id = next(f"planted/{i}" for i in range(100) if not reserved(f"planted/{i}", 0.3))
+    quote = " ".join(victim["text"].split()[10:50])
+    write_parquet(
+        pa.table({"id": [doc_id], "text": [f"See also.\n\n{quote}\n"]}),
+        other.corpus_dir("docstrings") / "part-99999.parquet",
+    )
+    manifest = materialize_evalset(exp, other, "s")
+    key = f"heldout:reference:{victim['id']}"
+    assert manifest["set_aside"]["texts"][key]["overlaps"] == [
+        f"corpus/docstrings/part-99999/{doc_id}"
+    ]
+    scored = pq.read_table(other.evalset_dir("s") / "heldout.parquet").column("id").to_pylist()
+    assert victim["id"] not in scored
+    items = (other.evalset_dir("s") / "tasks" / "word.jsonl").read_text()
+    assert f'"{victim["id"]}#' not in items
+    # the held-out document stays reserved from training all the same
+    keys = pq.read_table(other.evalset_dir("s") / "reserved.parquet").column("id").to_pylist()
+    assert victim["id"] in keys
