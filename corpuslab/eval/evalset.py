@@ -15,7 +15,7 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
@@ -24,6 +24,10 @@ import pyarrow.parquet as pq
 from corpuslab.eval.metrics import suite_metrics, task_metrics
 from corpuslab.eval.tasks import CHOICE_TYPES, Item, TaskDecl, read_items, task_name, write_items
 from corpuslab.fileio import digest, write_json, write_parquet
+
+if TYPE_CHECKING:  # torch is imported only where a model is scored
+    from corpuslab.eval.scoring import Encoder
+    from corpuslab.training.model import GPT
 
 MANIFEST = "manifest.json"
 HELDOUT = "heldout.parquet"
@@ -136,8 +140,8 @@ def eval_texts(evalset: EvalSet) -> dict[str, str]:
 
 
 def evaluate(
-    model: Any,
-    encoder: Any,
+    model: GPT,
+    encoder: Encoder,
     tokenizer_path: Path,
     evalset: EvalSet,
     batch_size: int = 32,

@@ -49,7 +49,9 @@ METRICS_SCHEMA = pa.schema(
 )
 
 
-def _mixture_heldout(exp: Experiment, layout: Layout, run: str, run_dir: Path) -> tuple:
+def _mixture_heldout(
+    exp: Experiment, layout: Layout, run: str, run_dir: Path
+) -> tuple[dict[str, float], dict[str, Any]]:
     """Bits per byte on the run's own mixture's held-out split (per weights and domain)."""
     rdecl = exp.runs[run]
     heldout = read_heldout(layout, rdecl.mixture, rdecl.eval.max_docs_per_domain)

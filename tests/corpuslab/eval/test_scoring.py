@@ -191,3 +191,28 @@ def test_score_task_items_and_gold_bpb(tiny_gpt: GPT, tokenizer_path: Path) -> N
 
 def test_normalize_answer_as_squad() -> None:
     assert normalize_answer("  The Answer, is: an Apple! ") == "answer is apple"
+
+
+def test_question_answering_matches_the_greedy_generation(
+    tiny_gpt: GPT, tokenizer_path: Path
+) -> None:
+    """An item whose answer is the model's own greedy continuation is right; another is not."""
+    enc = Encoder.from_file(tokenizer_path)
+    found = None
+    for ctx in ("The pass statement", "A class definition", "The import statement", "Names"):
+        ids = greedy_generate(tiny_gpt, [[enc.eos_id, *enc.encode(ctx)]], 4, eos_id=enc.eos_id)
+        text = enc.decode(ids[0])
+        if normalize_answer(text):
+            found = (ctx, text)
+            break
+    assert found is not None, "the model generated no letters after any context"
+    ctx, text = found
+    task = TaskDecl(label="qa", icl_task_type="question_answering", dataset_uri="x.jsonl")
+    items = [
+        Item("right", (ctx,), (text.strip(),)),
+        Item("wrong", (ctx,), ("zebra crossing",), aliases=("quantum flux",)),
+    ]
+    right, wrong = score_task(tiny_gpt, enc, task, items, k=0)
+    assert right["acc"] == 1.0 and right["generation"].strip().startswith(text.strip()[:3])
+    assert wrong["acc"] == 0.0
+    assert right["gold_nll"] > 0 and right["gold_bytes"] == len((" " + text.strip()).encode())
