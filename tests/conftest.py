@@ -81,6 +81,9 @@ TINY_EXPERIMENT = {
             eval: {max_docs_per_domain: 5}
             evals: [tiny_suite]
             seeds: [0, 1]
+        studies:                      # beside the runs it compares
+          tiny_study: {runs: [smoke, smoke_b], baseline: smoke, metric: tiny_suite.core,
+                       n_boot: 200}
     """,
     "evals.yaml": """
         evals:
@@ -94,9 +97,6 @@ TINY_EXPERIMENT = {
                  continuation_delimiter: "\\n\\n"}
               - {label: word, builtin: heldout_lm, source: reference,
                  icl_task_type: language_modeling, max_items: 16}
-        studies:
-          tiny_study: {runs: [smoke, smoke_b], baseline: smoke, metric: tiny_suite.core,
-                       n_boot: 200}
     """,
 }
 

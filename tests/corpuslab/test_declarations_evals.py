@@ -91,49 +91,41 @@ def test_a_whole_source_held_out_cannot_be_trained_on(tmp_path: Path) -> None:
 
 
 def test_studies_are_cross_checked(tmp_path: Path) -> None:
-    base = TINY_EXPERIMENT["evals.yaml"]
+    base = TINY_EXPERIMENT["runs.yaml"]
+    head = "tiny_study: {runs: [smoke, smoke_b], baseline: smoke, metric: tiny_suite.core,"
 
-    def study(body: str) -> str:
-        return base.replace(
-            "tiny_study: {runs: [smoke, smoke_b], baseline: smoke, metric: tiny_suite.core,",
-            body,
-        )
+    def study(body: str) -> dict[str, str]:
+        assert head in base
+        return {"runs.yaml": base.replace(head, body)}
 
     msg = _error(
         tmp_path / "a",
-        **{
-            "evals.yaml": study(
-                "tiny_study: {runs: [smoke, smoke_b], baseline: nope, metric: tiny_suite.core,"
-            )
-        },
+        **study("tiny_study: {runs: [smoke, smoke_b], baseline: nope, metric: tiny_suite.core,"),
     )
     assert "studies.tiny_study.baseline: unknown 'nope'; allowed: smoke, smoke_b" in msg
     msg = _error(
         tmp_path / "b",
-        **{
-            "evals.yaml": study(
-                "tiny_study: {runs: [smoke, smoke_b], baseline: smoke, metric: tiny_suite.next.acc,"
-            )
-        },
+        **study(
+            "tiny_study: {runs: [smoke, smoke_b], baseline: smoke, metric: tiny_suite.next.acc,"
+        ),
     )
     assert "studies.tiny_study.metric: tiny_suite.next.acc: unknown task 'next'" in msg
     assert "allowed: next_0shot, sig_0shot, sig_1shot, word_0shot" in msg
     msg = _error(
         tmp_path / "c",
-        **{
-            "evals.yaml": study(
-                "tiny_study: {runs: [smoke, smoke_b], baseline: smoke, metric: other.core,"
-            )
-        },
+        **study("tiny_study: {runs: [smoke, smoke_b], baseline: smoke, metric: other.core,"),
     )
     assert "names no declared suite; allowed suites: tiny_suite" in msg
-    runs = (
-        TINY_EXPERIMENT["runs.yaml"]
-        .replace("            evals: [tiny_suite]\n", "", 1)
-        .replace("eval_every: 4", "eval_every: 0")
+    msg = _error(
+        tmp_path / "e",
+        **study("tiny_study: {runs: [smoke, ghost], baseline: smoke, metric: tiny_suite.core,"),
+    )
+    assert "studies.tiny_study.runs[1]: unknown 'ghost'; allowed: smoke, smoke_b" in msg
+    runs = base.replace("            evals: [tiny_suite]\n", "", 1).replace(
+        "eval_every: 4", "eval_every: 0"
     )
     msg = _error(tmp_path / "d", **{"runs.yaml": runs})
-    assert "run 'smoke' is not evaluated on suite 'tiny_suite'" in msg  # fmt: skip
+    assert "run 'smoke' is not evaluated on suite 'tiny_suite'" in msg
 
 
 def test_seeds_and_trajectory_evaluation_are_checked(tmp_path: Path) -> None:
@@ -142,9 +134,10 @@ def test_seeds_and_trajectory_evaluation_are_checked(tmp_path: Path) -> None:
     assert "seeds must be distinct" in msg
     msg = _error(tmp_path / "b", **{"runs.yaml": runs.replace("eval_every: 4", "eval_every: 3")})
     assert "runs.smoke.eval.eval_every: 3 must be a multiple of train.checkpoint_every (4)" in msg
-    child = runs.rstrip() + (
-        "\n          child: {mixture: small, model: {n_layer: 1, n_head: 2, d_model: 32},"
-        "\n                  init_from: {run: smoke_b, layers: 1}}\n"
+    child = runs.replace(
+        "        studies:",
+        "          child: {mixture: small, model: {n_layer: 1, n_head: 2, d_model: 32},\n"
+        "                  init_from: {run: smoke_b, layers: 1}}\n        studies:",
     )
     msg = _error(tmp_path / "c", **{"runs.yaml": child})
     assert "runs.child.init_from.run: 'smoke_b' declares seeds" in msg
