@@ -48,9 +48,13 @@ class CorpuslabLM(TemplateLM):
         super().__init__()
         if tokenizer is None:
             raise ValueError("CorpuslabLM needs tokenizer= (the run's tokenizer.json)")
-        if (model is None) == (run_dir is None):
+        if model is None:
+            if run_dir is None:
+                raise ValueError("give exactly one of run_dir= or model=")
+            model = load_model(run_dir, weights=weights)
+        elif run_dir is not None:
             raise ValueError("give exactly one of run_dir= or model=")
-        self.model = model if model is not None else load_model(run_dir, weights=weights)
+        self.model = model
         self.encoder = Encoder.from_file(tokenizer, eos_token)
         self.batch_size = int(batch_size) if str(batch_size).isdigit() else 32
         self.max_gen_toks = int(max_gen_toks)

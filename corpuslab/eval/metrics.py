@@ -31,7 +31,7 @@ LOWER_IS_BETTER = frozenset({"bpb"})
 _MEAN_FIELDS = ("acc_sum", "acc_char", "p_correct", "margin")
 
 
-def gold_bpb(results: Sequence[dict[str, Any]]) -> float:
+def gold_bpb(results: Sequence[Mapping[str, Any]]) -> float:
     """Bits per byte of the right continuations: summed nats over summed bytes, in bits."""
     nll = sum(r["gold_nll"] for r in results)
     nbytes = sum(r["gold_bytes"] for r in results)

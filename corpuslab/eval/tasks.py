@@ -160,8 +160,8 @@ class Item:
 
     def alternative(self, i: int) -> tuple[str, str]:
         """(context, continuation) of alternative ``i``."""
-        ctx = self.contexts[i] if len(self.contexts) > 1 else self.contexts[0]
-        cont = self.continuations[i] if len(self.continuations) > 1 else self.continuations[0]
+        ctx = self.contexts[i if len(self.contexts) > 1 else 0]
+        cont = self.continuations[i if len(self.continuations) > 1 else 0]
         return ctx, cont
 
     def demonstration(self, delimiter: str) -> str:
