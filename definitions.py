@@ -10,7 +10,7 @@ from pathlib import Path
 import dagster as dg
 
 import jobs
-from assets import corpus, evaluation, mixture, pool, stats, training
+from assets import compare, corpus, evaluation, mixture, pool, stats, training
 from corpuslab.declarations import load_experiment
 from jobs import automation
 from resources import environments
@@ -26,7 +26,7 @@ def build(
     """
     exp = load_experiment(experiments, home)
     with automation.eager_everywhere() if now else contextlib.nullcontext():
-        domains = [m.defs(exp) for m in (corpus, pool, mixture, training, evaluation)]
+        domains = [m.defs(exp) for m in (corpus, pool, mixture, training, evaluation, compare)]
         stats_defs = stats.defs(*domains)
     return dg.Definitions.merge(
         *domains, stats_defs, jobs.defs(exp, *domains), environments.defs(home)

@@ -72,12 +72,19 @@ def _train(
     )
 
 
-def train_asset(exp: Experiment, run: str) -> dg.AssetsDefinition:
+def train_asset(exp: Experiment, run: str, seed: int | None = None) -> dg.AssetsDefinition:
+    """``train/<run>``, or ``train/<run>/seed<k>``: one replicate of a run declared with seeds.
+
+    Seeds are separate assets rather than partitions: each replicate is its own MLflow run and
+    lineage node with its own data version, the graph reads ``train/tiny/seed0..2``, and the
+    unpartitioned mixture upstream needs no partition mapping.
+    """
     rdecl = exp.runs[run]
-    key = dg.AssetKey(["train", run])
+    key = dg.AssetKey(["train", *stage.replicate_name(run, seed).split("/")])
     deps = [dg.AssetKey(["tokens", rdecl.mixture]), dg.AssetKey(["mixture", rdecl.mixture])]
     if rdecl.init_from is not None:
         deps.append(dg.AssetKey(["train", rdecl.init_from.run]))
+    seeded = "" if seed is None else f" with seed {seed} (init and data order)"
 
     @dg.asset(
         key=key,
@@ -86,8 +93,9 @@ def train_asset(exp: Experiment, run: str) -> dg.AssetsDefinition:
         group_name="train",
         kinds=TRAINING_KINDS,
         automation_condition=condition_for(key),
-        code_version=code_version(exp, "train", run),
-        description=f"DeepSpeed ZeRO training run '{run}' on mixture '{rdecl.mixture}', via Pipes.",
+        code_version=code_version(exp, "train", run, seed),
+        description=f"DeepSpeed ZeRO training run '{run}' on mixture '{rdecl.mixture}'{seeded}, "
+        "via Pipes.",
     )
     def _asset(
         context: dg.AssetExecutionContext,
@@ -100,12 +108,12 @@ def train_asset(exp: Experiment, run: str) -> dg.AssetsDefinition:
         return _train(
             context,
             key,
-            stage.run_spec(exp, layout, run, mlflow.tracking_uri),
+            stage.run_spec(exp, layout, run, mlflow.tracking_uri, seed),
             mlflow=mlflow,
             launcher=launcher,
             ranks=rdecl.ranks,
-            tags=stage.run_tags(exp, run),
-            params=stage.run_params(exp, run)
+            tags=stage.run_tags(exp, run, seed),
+            params=stage.run_params(exp, run, seed)
             | {f"mixture.weight.{d}": round(w, 6) for d, w in weights.items()},
             artifacts=stage.run_artifacts(exp, layout, run),
         )
@@ -199,7 +207,11 @@ def doremi_assets(exp: Experiment, mixture: str) -> list[dg.AssetsDefinition]:
 
 
 def defs(exp: Experiment) -> dg.Definitions:
-    assets = [train_asset(exp, run) for run in exp.runs]
+    assets = [
+        train_asset(exp, run, seed)
+        for run, rdecl in exp.runs.items()
+        for seed in rdecl.replicates()
+    ]
     for mixture, decl in exp.mixtures.items():
         if decl.doremi is not None:
             assets += doremi_assets(exp, mixture)

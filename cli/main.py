@@ -69,7 +69,7 @@ def add_new_shards(layout: Layout, instance: Any) -> dict[str, list[str]]:
 def cmd_materialize(args: argparse.Namespace) -> int:
     import dagster as dg
 
-    from cli.materialize import materialize
+    from cli.materialize import MaterializeError, materialize
     from definitions import build
 
     layout = Layout.from_env()
@@ -96,24 +96,32 @@ def cmd_materialize(args: argparse.Namespace) -> int:
         force[(dg.AssetKey(["quality_model", recipe]), None)] = {"retrain": token}
     selection = dg.AssetSelection.from_string(args.select) if args.select else None
     t0 = time.time()
-    reports = materialize(
-        defs,
-        instance,
-        selection=selection,
-        force=force,
-        jobs=args.jobs,
-        experiments=default_experiments_dir(),
-        home=layout.home,
-    )
+    last: list[Any] = []
+    try:
+        reports = materialize(
+            defs,
+            instance,
+            selection=selection,
+            force=force,
+            jobs=args.jobs,
+            experiments=default_experiments_dir(),
+            home=layout.home,
+            last_tick=last.append,
+        )
+    except MaterializeError as exc:
+        print(f"corpuslab materialize: {exc}", file=sys.stderr)
+        print("(corpuslab status lists what is failing; the run's logs are in `make ui`)",
+              file=sys.stderr)  # fmt: skip
+        return 1
     if reports:
         n = sum(len(r.keys) for r in reports)
         print(
             f"materialized {n} asset(s) in {len(reports)} Dagster run(s) in {time.time() - t0:.0f}s"
         )
-    return _left_over(defs, instance, selection, bool(reports))
+    return _left_over(defs, instance, selection, last[0], bool(reports))
 
 
-def _left_over(defs: Any, instance: Any, selection: Any, ran: bool) -> int:
+def _left_over(defs: Any, instance: Any, selection: Any, result: Any, ran: bool) -> int:
     """Say what of the selection is still stale, waiting or failing; 1 if anything is failing.
 
     The automation conditions request nothing for an asset whose inputs are missing or whose
@@ -124,7 +132,7 @@ def _left_over(defs: Any, instance: Any, selection: Any, ran: bool) -> int:
     keys = {k.to_user_string() for k in (selection or _all()).resolve(defs.resolve_asset_graph())}
     lines = {
         cat: [line for line in found if line.split("[")[0].split(":")[0] in keys]
-        for cat, found in status(defs, instance).items()
+        for cat, found in status(defs, instance, result).items()
     }
     if not any(lines.values()):
         if not ran:
@@ -175,7 +183,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
             return 2
         marker.write_text(json.dumps({s: [p.name for p in ps] for s, ps in shards.items()}))
     print(f"demo corpus: {layout.raw} ({time.time() - t0:.1f}s)")
-    cmd_materialize(args)
+    rc = cmd_materialize(args)
     cmd_report(args)
     print(
         "\nInspect it:\n"
@@ -183,7 +191,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         ".venv/bin/dagster dev      # or: make ui\n"
         f"  .venv/bin/mlflow ui --backend-store-uri {layout.mlflow_uri}      # or: make mlflow"
     )
-    return 0
+    return rc
 
 
 def parser() -> argparse.ArgumentParser:

@@ -329,6 +329,7 @@ def materialize(
     home: Path | None = None,
     log: Callable[[str], None] = print,
     max_ticks: int = 100,
+    last_tick: Callable[[dg.EvaluateAutomationConditionsResult], None] | None = None,
 ) -> list[RunReport]:
     """Materialize until the automation conditions request nothing; raise on a failed run.
 
@@ -336,7 +337,7 @@ def materialize(
     ``force`` adds units to materialize on the first tick whatever their status, with their run
     config (a full dedup recompute, a retrain). ``jobs`` > 1 runs independent runs of a tick
     side by side in worker processes (they rebuild the definitions from ``experiments`` and
-    ``home``).
+    ``home``). ``last_tick`` receives the final evaluation (the one that requested nothing).
     """
     for run_id in reap_dead_runs(instance):
         log(f"run {run_id} was left running by a process that died: marked failed")
@@ -359,6 +360,8 @@ def materialize(
         units = requested_units(result, keys) | {u for u in first if u[0] in keys} | deferred
         first = {}
         if not units:
+            if last_tick is not None:
+                last_tick(result)
             return reports
         units, deferred = split_ready(graph, units)
         again = units & done

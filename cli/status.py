@@ -32,10 +32,18 @@ def _labelled(result: Any, label: str) -> Any:
     return None
 
 
-def status(defs: dg.Definitions, instance: dg.DagsterInstance) -> dict[str, list[str]]:
-    """Lines per category (``due``, ``waiting``, ``failing``), each naming asset, shard, why."""
+def status(
+    defs: dg.Definitions,
+    instance: dg.DagsterInstance,
+    result: dg.EvaluateAutomationConditionsResult | None = None,
+) -> dict[str, list[str]]:
+    """Lines per category (``due``, ``waiting``, ``failing``), each naming asset, shard, why.
+
+    ``result``: a tick just evaluated (``corpuslab materialize``'s last), instead of a new one.
+    """
     out: dict[str, list[str]] = defaultdict(list)
-    result = evaluate(defs, instance, None, load_cursor(instance))
+    if result is None:
+        result = evaluate(defs, instance, None, load_cursor(instance))
     changed = code_version_changes(defs, instance)
     for res in result.results:
         key = res.key

@@ -1,7 +1,8 @@
 """Experiment declarations: YAML under ``experiments/`` parsed into typed, cross-checked models.
 
-Every ``*.yaml`` file in the folder may declare any of ``sources``, ``recipes``, ``mixtures`` and
-``runs``; names are global across files. A bad declaration fails at load time with the file,
+Every ``*.yaml`` file in the folder may declare any of ``sources``, ``recipes``, ``mixtures``,
+``runs``, ``evals`` (evaluation suites) and ``studies`` (comparisons of runs); names are global
+across files. A bad declaration fails at load time with the file,
 the key path and the allowed values, before Dagster ever builds an asset.
 
 YAML is read strictly (:func:`read_yaml`): a key repeated in one mapping is an error, not a
@@ -39,6 +40,9 @@ from pydantic import (
 )
 
 from corpuslab.dedup import DedupParams
+from corpuslab.eval.decontam import NGRAM
+from corpuslab.eval.metrics import parse_metric
+from corpuslab.eval.tasks import TaskDecl
 from corpuslab.filters import STEPS, StepError, parse_step
 from corpuslab.ingest.storage import is_url
 from corpuslab.layout import Layout
@@ -52,7 +56,7 @@ log = logging.getLogger(__name__)
 EXPERIMENTS_ENV = "CORPUSLAB_EXPERIMENTS"
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEEPSPEED_DIR = REPO_ROOT / "infra" / "deepspeed"
-SECTIONS = ("sources", "recipes", "mixtures", "runs")
+SECTIONS = ("sources", "recipes", "mixtures", "runs", "evals", "studies")
 MAX_YAML_NODES = 100_000  # nodes of a file with every alias expanded: declarations hold hundreds
 MAX_YAML_DEPTH = 64  # nesting levels; declarations use fewer than ten
 _VAR = re.compile(r"\$(\w+)|\$\{([^}]*)\}")
@@ -315,10 +319,115 @@ class MixtureDecl(Strict):
 
 
 class EvalDecl(Strict):
-    """Held-out evaluation: per-domain bits-per-byte on documents never trained on."""
+    """How a run is evaluated besides its suites (``evals``).
+
+    ``max_docs_per_domain`` and ``batch_size``: bits-per-byte on the run's own mixture's
+    held-out split (comparable only between runs of one recipe; suites compare across recipes).
+    ``eval_every``: also score the suites on the checkpoints of every ``eval_every`` steps (a
+    multiple of ``train.checkpoint_every``), so the trajectory shows in MLflow.
+    """
 
     max_docs_per_domain: int = Field(200, ge=1)
     batch_size: int = Field(16, ge=1)
+    eval_every: int = Field(0, ge=0)
+
+
+class HeldoutDecl(Strict):
+    """Documents no run ever trains on: whole ``sources`` and/or an id-hash slice of others.
+
+    ``fraction_of`` maps a source to the share of its documents (by a hash of the id,
+    :func:`corpuslab.eval.suite.reserved`) removed from every pool, tokenizer and mixture and
+    from the quality classifier's positives; up to ``max_docs`` of each source's held-out
+    documents are scored for bits per byte and feed the builtin tasks built from a source.
+    """
+
+    sources: list[str] = Field(default_factory=list)
+    fraction_of: dict[str, float] = Field(default_factory=dict)
+    max_docs: int = Field(200, ge=1)
+
+    @model_validator(mode="after")
+    def _fractions(self) -> HeldoutDecl:
+        for source, f in self.fraction_of.items():
+            if not 0.0 < f < 1.0:
+                raise ValueError(
+                    f"fraction_of.{source}: {f} must lie in (0, 1); reserve a whole source "
+                    "under 'sources'"
+                )
+        both = sorted(set(self.sources) & set(self.fraction_of))
+        if both:
+            raise ValueError(f"{', '.join(both)}: in both 'sources' and 'fraction_of'")
+        if len(set(self.sources)) != len(self.sources):
+            raise ValueError("sources: a source is listed twice")
+        return self
+
+    def reserved_sources(self) -> dict[str, float]:
+        """Source -> held-out fraction (1.0 for a whole source)."""
+        return {**dict.fromkeys(self.sources, 1.0), **self.fraction_of}
+
+
+class DecontaminationDecl(Strict):
+    """The decontamination check: at most ``max_overlap`` of an eval text's ``ngram``-grams
+    may occur in training documents (GPT-3 and decon use 13-grams; 0.0 tolerates none).
+
+    ``set_aside``: when the eval set is built, held-out documents and builtin task items that
+    overlap beyond ``max_overlap`` with any document of the raw corpus that is not held out
+    (every declared source, so the set does not depend on recipes) are set aside, listed with
+    the documents they overlap in the manifest, and not scored. Items of task files are never
+    set aside: the check reports them.
+    """
+
+    ngram: int = Field(NGRAM, ge=5)
+    max_overlap: float = Field(0.0, ge=0.0, lt=1.0)
+    set_aside: bool = True
+
+
+class SuiteDecl(Strict):
+    """An evaluation suite: held-out text scored in bits per byte, and ICL tasks.
+
+    ``tasks`` take llm-foundry's task keys (:class:`corpuslab.eval.tasks.TaskDecl`);
+    ``batch_size`` is rows per forward pass when scoring.
+    """
+
+    heldout: HeldoutDecl | None = None
+    tasks: list[TaskDecl] = Field(default_factory=list)
+    decontamination: DecontaminationDecl = DecontaminationDecl()
+    batch_size: int = Field(32, ge=1)
+
+    @model_validator(mode="after")
+    def _something(self) -> SuiteDecl:
+        if self.heldout is None and not self.tasks:
+            raise ValueError("a suite needs 'heldout' text, 'tasks', or both")
+        labels = [t.label for t in self.tasks]
+        repeated = sorted({x for x in labels if labels.count(x) > 1})
+        if repeated:
+            raise ValueError(f"tasks: label(s) {', '.join(repeated)} declared twice")
+        return self
+
+    def task_names(self) -> list[str]:
+        return [n for t in self.tasks for n in t.names()]
+
+    def heldout_sources(self) -> list[str]:
+        return list(self.heldout.reserved_sources()) if self.heldout else []
+
+
+class StudyDecl(Strict):
+    """A comparison: ``runs`` (with their seeds) on ``metric``, against ``baseline``.
+
+    ``metric`` is ``<suite>.core``, ``<suite>.bpb``, ``<suite>.heldout.<source>.bpb`` or
+    ``<suite>.<task>.<metric>``; intervals are ``confidence`` percentile intervals over
+    ``n_boot`` bootstrap replicates drawn with ``seed`` (:mod:`corpuslab.eval.stats`).
+    """
+
+    runs: list[str] = Field(min_length=2)
+    baseline: str
+    metric: str
+    confidence: float = Field(0.95, ge=0.5, lt=1.0)
+    n_boot: int = Field(2000, ge=100)
+    seed: int = 0
+
+    @property
+    def suite(self) -> str:
+        return self.metric.split(".")[0]
 
 
 class InheritDecl(Inherit):
@@ -338,6 +447,22 @@ class RunDecl(TrainingDecl):
     mixture: str
     init_from: InheritDecl | None = None
     eval: EvalDecl = EvalDecl()
+    evals: list[str] = Field(default_factory=list, description="suites the run is scored on")
+    seeds: list[int] | None = Field(
+        None, min_length=1, description="train a replicate per seed (init and data order)"
+    )
+
+    @model_validator(mode="after")
+    def _distinct(self) -> RunDecl:
+        if self.seeds is not None and len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"seeds must be distinct, got {self.seeds}")
+        if len(set(self.evals)) != len(self.evals):
+            raise ValueError(f"evals lists a suite twice: {self.evals}")
+        return self
+
+    def replicates(self) -> list[int | None]:
+        """The seeds of its replicates; ``[None]``: one run with ``train.seed``, no seed key."""
+        return list(self.seeds) if self.seeds is not None else [None]
 
 
 def _non_finite(node: Any, where: str) -> str | None:
@@ -370,6 +495,8 @@ class Experiment(Strict):
     recipes: dict[str, RecipeDecl] = Field(default_factory=dict)
     mixtures: dict[str, MixtureDecl] = Field(default_factory=dict)
     runs: dict[str, RunDecl] = Field(default_factory=dict)
+    evals: dict[str, SuiteDecl] = Field(default_factory=dict)
+    studies: dict[str, StudyDecl] = Field(default_factory=dict)
     origin: dict[str, str] = Field(default_factory=dict)  # "recipes.x" -> file
 
     def where(self, section: str, name: str) -> str:
@@ -382,12 +509,26 @@ class Experiment(Strict):
         """The mixture whose ``tokenizer/<name>`` asset ``mixture`` uses (itself unless shared)."""
         return self.mixtures[mixture].tokenizer.mixture or mixture
 
+    def reservation(self, source: str) -> dict[str, float]:
+        """Suite -> share of ``source`` it holds out from training (1.0: the whole source)."""
+        return {
+            suite: decl.heldout.reserved_sources()[source]
+            for suite, decl in sorted(self.evals.items())
+            if decl.heldout is not None and source in decl.heldout.reserved_sources()
+        }
+
+    def reserved_fraction(self, source: str) -> float:
+        """The share of ``source`` held out by any suite (slices nest: the largest one)."""
+        return max(self.reservation(source).values(), default=0.0)
+
 
 _MODELS: dict[str, type[Strict]] = {
     "sources": SourceDecl,
     "recipes": RecipeDecl,
     "mixtures": MixtureDecl,
     "runs": RunDecl,
+    "evals": SuiteDecl,
+    "studies": StudyDecl,
 }
 _NAME_OK = __import__("re").compile(r"^[A-Za-z][A-Za-z0-9_]*$")
 
@@ -723,7 +864,18 @@ def _cross_check(exp: Experiment) -> None:
                     f"mixture {exp.runs[parent].mixture!r}, whose tokenizer differs from "
                     f"{run.mixture!r}'s; inherited embeddings need the same mixture"
                 )
+            if exp.runs[parent].seeds is not None:
+                raise DeclarationError(
+                    f"{exp.where('runs', name)}: runs.{name}.init_from.run: {parent!r} declares "
+                    "seeds; a run inherits from a single run (declare the parent without seeds)"
+                )
+        _check_run_evals(exp, name, run)
     _check_inheritance(exp)
+    for name, suite in exp.evals.items():
+        _check_suite(exp, name, suite)
+    _check_reserved_sources(exp)
+    for name, study in exp.studies.items():
+        _check_study(exp, name, study)
 
 
 def _check_deepspeed(where: str, key: str, decl: TrainingDecl, home: Path) -> None:
@@ -796,3 +948,98 @@ def _check_doremi(exp: Experiment, name: str, decl: DoReMiDecl) -> None:
             f"{', '.join(diffs)}; DoReMi's weights are over the same domains and held-out split"
         )
     _check_deepspeed(where, f"mixtures.{name}.doremi.deepspeed", decl, exp.home)
+
+
+def _check_run_evals(exp: Experiment, name: str, run: RunDecl) -> None:
+    where = exp.where("runs", name)
+    for i, suite in enumerate(run.evals):
+        if suite not in exp.evals:
+            _ref_error(exp, "runs", name, f"evals[{i}]", suite, exp.evals)
+    every, tc = run.eval.eval_every, run.train
+    if every:
+        if not tc.checkpoint_every or every % tc.checkpoint_every:
+            raise DeclarationError(
+                f"{where}: runs.{name}.eval.eval_every: {every} must be a multiple of "
+                f"train.checkpoint_every ({tc.checkpoint_every}): only checkpoints can be scored"
+            )
+        if tc.keep_checkpoints:
+            raise DeclarationError(
+                f"{where}: runs.{name}.eval.eval_every: train.keep_checkpoints="
+                f"{tc.keep_checkpoints} deletes the checkpoints it would score; set it to 0"
+            )
+        if not run.evals:
+            raise DeclarationError(
+                f"{where}: runs.{name}.eval.eval_every: the run declares no evals to score"
+            )
+
+
+def _check_suite(exp: Experiment, name: str, suite: SuiteDecl) -> None:
+    where = exp.where("evals", name)
+    if suite.heldout is not None:
+        for i, src in enumerate(suite.heldout.sources):
+            if src not in exp.sources:
+                _ref_error(exp, "evals", name, f"heldout.sources[{i}]", src, exp.sources)
+        for src in suite.heldout.fraction_of:
+            if src not in exp.sources:
+                _ref_error(exp, "evals", name, f"heldout.fraction_of.{src}", src, exp.sources)
+    held = suite.heldout_sources()
+    for i, task in enumerate(suite.tasks):
+        key = f"evals.{name}.tasks[{i}]"
+        if task.source is not None and task.source not in held:
+            raise DeclarationError(
+                f"{where}: {key}.source: {task.source!r} is not held out by suite {name!r}; "
+                f"allowed: {', '.join(held) or '(none: declare heldout.sources or fraction_of)'}"
+            )
+        try:
+            path = task.resolve_file(exp.home)
+        except ValueError as exc:
+            raise DeclarationError(f"{where}: {key}.dataset_uri: {exc}") from None
+        if path is not None and not path.is_file():
+            raise DeclarationError(
+                f"{where}: {key}.dataset_uri: {path} is not a file (relative paths are under "
+                "$CORPUSLAB_HOME)"
+            )
+
+
+def _check_reserved_sources(exp: Experiment) -> None:
+    """A source held out whole by a suite may feed no recipe and no quality classifier."""
+    for rname, recipe in exp.recipes.items():
+        used = [(f"sources[{i}]", s) for i, s in enumerate(recipe.sources)]
+        if recipe.quality is not None:
+            used.append(("quality.positive_source", recipe.quality.positive_source))
+        for key, src in used:
+            whole = [s for s, f in exp.reservation(src).items() if f >= 1.0]
+            if whole:
+                raise DeclarationError(
+                    f"{exp.where('recipes', rname)}: recipes.{rname}.{key}: source {src!r} is "
+                    f"held out for evaluation by evals.{whole[0]}.heldout.sources; no recipe may "
+                    "train on it (hold out a slice with heldout.fraction_of instead)"
+                )
+
+
+def _check_study(exp: Experiment, name: str, study: StudyDecl) -> None:
+    where = exp.where("studies", name)
+    for i, run in enumerate(study.runs):
+        if run not in exp.runs:
+            _ref_error(exp, "studies", name, f"runs[{i}]", run, exp.runs)
+    if len(set(study.runs)) != len(study.runs):
+        raise DeclarationError(f"{where}: studies.{name}.runs: a run is listed twice")
+    if study.baseline not in study.runs:
+        _ref_error(exp, "studies", name, "baseline", study.baseline, dict.fromkeys(study.runs))
+    suite = study.suite
+    if suite not in exp.evals:
+        raise DeclarationError(
+            f"{where}: studies.{name}.metric: {study.metric!r} names no declared suite; "
+            f"allowed suites: {', '.join(sorted(exp.evals)) or '(none declared)'}"
+        )
+    decl = exp.evals[suite]
+    try:
+        parse_metric(study.metric, decl.task_names(), decl.heldout_sources())
+    except ValueError as exc:
+        raise DeclarationError(f"{where}: studies.{name}.metric: {exc}") from None
+    for run in study.runs:
+        if suite not in exp.runs[run].evals:
+            raise DeclarationError(
+                f"{where}: studies.{name}.runs: run {run!r} is not evaluated on suite {suite!r} "
+                f"(add it to runs.{run}.evals)"
+            )

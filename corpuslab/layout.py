@@ -95,11 +95,22 @@ class Layout:
         """DoReMi's reference and proxy runs and the resulting weights of one mixture."""
         return self.home / "doremi" / mixture
 
-    def run_dir(self, run: str) -> Path:
-        return self.home / "runs" / run
+    def run_dir(self, run: str, seed: int | None = None) -> Path:
+        """A run's folder; a run declared with ``seeds`` has one per seed (``seed<k>``)."""
+        base = self.home / "runs" / run
+        return base if seed is None else base / f"seed{seed}"
 
-    def eval_dir(self, run: str) -> Path:
-        return self.data / "eval" / f"run={run}"
+    def eval_dir(self, run: str, seed: int | None = None) -> Path:
+        base = self.data / "eval" / f"run={run}"
+        return base if seed is None else base / f"seed={seed}"
+
+    def evalset_dir(self, suite: str) -> Path:
+        """A suite's fixed evaluation set: task items, held-out documents, manifest."""
+        return self.data / "evalset" / f"suite={suite}"
+
+    def compare_dir(self, study: str) -> Path:
+        """A study's statistics and its report (Markdown, HTML, plots)."""
+        return self.data / "compare" / f"study={study}"
 
     @property
     def mlflow_dir(self) -> Path:

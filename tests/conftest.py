@@ -84,7 +84,8 @@ TINY_EXPERIMENT = {
             deepspeed: zero2
             train: {steps: 8, micro_batch_size: 4, warmup_steps: 2, log_every: 2,
                     checkpoint_every: 4, lawa_k: 2}
-            eval: {max_docs_per_domain: 5}
+            eval: {max_docs_per_domain: 5, eval_every: 4}
+            evals: [tiny_suite]
           child:
             mixture: small
             model: {n_layer: 1, n_head: 2, d_model: 32}
@@ -93,6 +94,30 @@ TINY_EXPERIMENT = {
             train: {steps: 2, micro_batch_size: 2, warmup_steps: 0, log_every: 1}
             init_from: {run: smoke, layers: 1}
             eval: {max_docs_per_domain: 5}
+          smoke_b:                    # a higher learning rate, replicated on two seeds
+            mixture: small
+            model: {n_layer: 1, n_head: 2, d_model: 32}
+            deepspeed: zero2
+            train: {steps: 8, micro_batch_size: 4, warmup_steps: 2, log_every: 2, lr: 3.0e-3}
+            eval: {max_docs_per_domain: 5}
+            evals: [tiny_suite]
+            seeds: [0, 1]
+        studies:                      # beside the runs it compares
+          tiny_study: {runs: [smoke, smoke_b], baseline: smoke, metric: tiny_suite.core,
+                       n_boot: 200}
+    """,
+    "evals.yaml": """
+        evals:
+          tiny_suite:
+            heldout: {fraction_of: {reference: 0.5}, max_docs: 8}
+            tasks:
+              - {label: next, builtin: next_sentence, source: reference,
+                 icl_task_type: multiple_choice, random_baseline: 0.25, max_items: 16}
+              - {label: sig, builtin: signature_docstring, icl_task_type: multiple_choice,
+                 random_baseline: 0.25, max_items: 16, num_fewshot: [0, 1],
+                 continuation_delimiter: "\\n\\n"}
+              - {label: word, builtin: heldout_lm, source: reference,
+                 icl_task_type: language_modeling, max_items: 16}
     """,
 }
 

@@ -60,33 +60,84 @@ def _windows(ids: list[int], seq_len: int) -> Iterator[tuple[list[int], list[int
 
 
 def _score(
-    model: GPT, windows: Iterator[tuple[list[int], list[int]]], seq_len: int, batch_size: int
-) -> float:
-    """Summed NLL in nats over every target in ``windows``, batched and right-padded."""
+    model: GPT,
+    windows: Iterator[tuple[int, list[int], list[int]]],
+    seq_len: int,
+    batch_size: int,
+    n_docs: int,
+) -> np.ndarray:
+    """Summed NLL in nats per document over every target of ``(doc, inputs, targets)`` windows,
+    batched and right-padded."""
     device = next(model.parameters()).device
-    total = 0.0
+    per_doc = np.zeros(n_docs, dtype=np.float64)
 
-    def run(batch: list[tuple[list[int], list[int]]]) -> float:
+    def run(batch: list[tuple[int, list[int], list[int]]]) -> None:
         inp = torch.zeros((len(batch), seq_len), dtype=torch.long)
         tgt = torch.full((len(batch), seq_len), IGNORE_INDEX, dtype=torch.long)
-        for i, (x, y) in enumerate(batch):
+        for i, (_, x, y) in enumerate(batch):
             inp[i, : len(x)] = torch.tensor(x)
             tgt[i, : len(y)] = torch.tensor(y)
         nll = model.per_token_loss(inp.to(device), tgt.to(device))
-        return float(nll.double().sum())
+        rows = nll.double().sum(dim=1).cpu().numpy()
+        np.add.at(per_doc, [d for d, _, _ in batch], rows)
 
-    batch: list[tuple[list[int], list[int]]] = []
+    batch: list[tuple[int, list[int], list[int]]] = []
     for window in windows:
         batch.append(window)
         if len(batch) == batch_size:
-            total += run(batch)
+            run(batch)
             batch = []
     if batch:
-        total += run(batch)
-    return total
+        run(batch)
+    return per_doc
 
 
 @torch.no_grad()
+def document_scores(
+    model: GPT,
+    tokenizer_path: str | Path,
+    texts: Sequence[str],
+    seq_len: int | None = None,
+    batch_size: int = 8,
+) -> dict[str, np.ndarray]:
+    """Per document: summed NLL in nats (``nll``), scored UTF-8 ``bytes`` and ``tokens``.
+
+    What is scored is described in the module docstring; a document with nothing to predict
+    has zero of each. :func:`bits_per_byte` is their ratio over all documents.
+    """
+    seq_len = seq_len or model.config.seq_len
+    if not 1 <= seq_len <= model.config.seq_len:
+        raise ValueError(f"seq_len={seq_len} must lie in [1, {model.config.seq_len}]")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    tokenizer = Tokenizer.from_file(str(tokenizer_path))
+    eos_id = tokenizer.token_to_id(EOS)
+    was_training = model.training
+    model.eval()
+
+    sequences: list[tuple[int, list[int]]] = []
+    n_bytes = np.zeros(len(texts), dtype=np.int64)
+    n_tokens = np.zeros(len(texts), dtype=np.int64)
+    encodings = tokenizer.encode_batch(list(texts), add_special_tokens=False)
+    for d, (text, enc) in enumerate(zip(texts, encodings, strict=True)):
+        if eos_id is not None:
+            ids, scored_bytes = [eos_id, *enc.ids], len(text.encode("utf-8"))
+        else:
+            ids = list(enc.ids)
+            first_end = enc.offsets[0][1] if ids else 0
+            scored_bytes = len(text.encode("utf-8")) - len(text[:first_end].encode("utf-8"))
+        if len(ids) < 2:
+            continue  # nothing to predict
+        sequences.append((d, ids))
+        n_tokens[d] = len(ids) - 1
+        n_bytes[d] = scored_bytes
+
+    windows = ((d, x, y) for d, ids in sequences for x, y in _windows(ids, seq_len))
+    nll = _score(model, windows, seq_len, batch_size, len(texts))
+    model.train(was_training)
+    return {"nll": nll, "bytes": n_bytes, "tokens": n_tokens}
+
+
 def bits_per_byte(
     model: GPT,
     tokenizer_path: str | Path,
@@ -99,41 +150,14 @@ def bits_per_byte(
     Returns ``bpb``, ``nll_nats`` (summed), ``tokens`` and ``bytes`` scored, and ``documents``
     (those with at least one scored token).
     """
-    seq_len = seq_len or model.config.seq_len
-    if not 1 <= seq_len <= model.config.seq_len:
-        raise ValueError(f"seq_len={seq_len} must lie in [1, {model.config.seq_len}]")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    tokenizer = Tokenizer.from_file(str(tokenizer_path))
-    eos_id = tokenizer.token_to_id(EOS)
-    was_training = model.training
-    model.eval()
-
-    sequences: list[list[int]] = []
-    n_bytes = n_tokens = 0
-    encodings = tokenizer.encode_batch(list(texts), add_special_tokens=False)
-    for text, enc in zip(texts, encodings, strict=True):
-        if eos_id is not None:
-            ids, scored_bytes = [eos_id, *enc.ids], len(text.encode("utf-8"))
-        else:
-            ids = list(enc.ids)
-            first_end = enc.offsets[0][1] if ids else 0
-            scored_bytes = len(text.encode("utf-8")) - len(text[:first_end].encode("utf-8"))
-        if len(ids) < 2:
-            continue  # nothing to predict
-        sequences.append(ids)
-        n_tokens += len(ids) - 1
-        n_bytes += scored_bytes
-
-    windows = (w for ids in sequences for w in _windows(ids, seq_len))
-    nll = _score(model, windows, seq_len, batch_size)
-    model.train(was_training)
+    docs = document_scores(model, tokenizer_path, texts, seq_len, batch_size)
+    nll, n_bytes = float(docs["nll"].sum()), int(docs["bytes"].sum())
     return {
         "bpb": nll / (math.log(2) * n_bytes) if n_bytes else float("nan"),
         "nll_nats": nll,
-        "tokens": n_tokens,
+        "tokens": int(docs["tokens"].sum()),
         "bytes": n_bytes,
-        "documents": len(sequences),
+        "documents": int((docs["tokens"] > 0).sum()),
     }
 
 

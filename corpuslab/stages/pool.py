@@ -1,6 +1,7 @@
 """``pool/<recipe>/<source>`` and ``filtered/<recipe>/<source>``: per-shard keep/drop decisions.
 
-The pool applies the recipe's per-document steps; the filtered pool removes the shard's
+The pool first sets aside the documents an evaluation suite holds out (``eval_heldout``), then
+applies the recipe's per-document steps to the rest; the filtered pool removes the shard's
 duplicates (``dedup/<recipe>/<source>``) and the documents below the quality threshold. Every
 dropped document keeps its reason in the stage's decision table, which dbt reads.
 """
@@ -13,11 +14,15 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from corpuslab.declarations import Experiment
+from corpuslab.eval.suite import reserved
 from corpuslab.fileio import digest, read_json, read_parquet, write_parquet
 from corpuslab.filters import Pipeline
 from corpuslab.layout import Layout
 from corpuslab.stages.common import check_conservation, decisions_table
 from corpuslab.stages.quality import score_shard
+
+# the decision of a document an evaluation suite holds out (evals.<suite>.heldout)
+RESERVED = ("eval_heldout", "reserved_for_evaluation")
 
 
 def materialize_pool_shard(
@@ -27,13 +32,21 @@ def materialize_pool_shard(
     decl = exp.recipes[recipe]
     src = layout.corpus_dir(source) / f"{shard}.parquet"
     table = read_parquet(src)
+    # documents an evaluation suite holds out never reach the recipe's steps (nor training)
+    fraction = exp.reserved_fraction(source)
+    held = [reserved(i, fraction) for i in table.column("id").to_pylist()] if fraction else []
+    candidates = [i for i, h in enumerate(held) if not h] if fraction else range(table.num_rows)
+    texts = table.column("text").to_pylist()
     pipeline = Pipeline.from_decls(decl.steps)
-    result = pipeline.run(table.column("text").to_pylist())
-    decided = result.decisions
+    result = pipeline.run([texts[i] for i in candidates])
+    decided: list[tuple[str, str] | None] = [RESERVED] * table.num_rows
+    for i, d, text in zip(candidates, result.decisions, result.texts, strict=True):
+        decided[i] = d
+        texts[i] = text
     keep_mask = pa.array([d is None for d in decided], pa.bool_())
     # modifying steps (C4 lines, paragraph dedup) change the text that is kept
     cleaned = table.set_column(
-        table.schema.get_field_index("text"), "text", pa.array(result.texts, pa.string())
+        table.schema.get_field_index("text"), "text", pa.array(texts, pa.string())
     )
     kept = cleaned.filter(keep_mask)
     out = layout.pool_dir(recipe, source) / f"{shard}.parquet"
@@ -53,6 +66,7 @@ def materialize_pool_shard(
         "kept": check.kept,
         "dropped": check.dropped,
         "drop_reasons": dict(result.drop_reasons()),
+        "reserved_for_eval": sum(held),
         "modified": sum(result.modified),
         "steps": {
             st.name: {

@@ -20,6 +20,7 @@ import pyarrow as pa
 
 from corpuslab import quality as quality_lib
 from corpuslab.declarations import Experiment
+from corpuslab.eval.suite import reserved
 from corpuslab.fileio import digest, read_json, read_parquet, write_json
 from corpuslab.layout import Layout
 from corpuslab.stages.common import doc_key, pool_tables
@@ -39,18 +40,25 @@ def _texts_digest(texts: list[str]) -> str:
     return h.hexdigest()[:16]
 
 
-def _positives(exp: Experiment, layout: Layout, source: str) -> pa.Table:
-    """Every document of the positive source, with its key (source, shard, id)."""
-    tables = []
+def _positives(exp: Experiment, layout: Layout, source: str) -> tuple[pa.Table, int]:
+    """Every document of the positive source with its key (source, shard, id), less those an
+    evaluation suite holds out (``evals.<suite>.heldout``: they never teach the filter what
+    "good" looks like); and how many were held out."""
+    fraction = exp.reserved_fraction(source)
+    tables, held = [], 0
     for path in sorted(layout.corpus_dir(source).glob("*.parquet")):
         if path.name.startswith("."):
             continue
         t = read_parquet(path, columns=["id", "text"])
+        if fraction:
+            keep = [not reserved(i, fraction) for i in t.column("id").to_pylist()]
+            held += t.num_rows - sum(keep)
+            t = t.filter(pa.array(keep, pa.bool_()))
         keys = [doc_key(source, path.stem, i) for i in t.column("id").to_pylist()]
         tables.append(t.append_column("key", pa.array(keys, pa.string())))
-    if not tables:
+    if not tables or not sum(t.num_rows for t in tables):
         raise ValueError(f"positive source {source!r} has no documents: materialize its corpus")
-    return pa.concat_tables(tables)
+    return pa.concat_tables(tables), held
 
 
 def _deduplicated_pool(exp: Experiment, layout: Layout, recipe: str) -> pa.Table:
@@ -80,7 +88,7 @@ def _recorded_model_is_current(
         return None
     params = exp.recipes[recipe].quality
     assert params is not None
-    positives = _positives(exp, layout, params.positive_source)
+    positives, _ = _positives(exp, layout, params.positive_source)
     pool = _deduplicated_pool(exp, layout, recipe)
     pos_text = dict(zip(positives.column("key").to_pylist(), positives.column("text").to_pylist(),
                         strict=True))  # fmt: skip
@@ -120,7 +128,7 @@ def materialize_quality_model(
             "reused": True,
             "data_version": digest(qdir / MODEL, qdir / SUMMARY),
         }
-    positives_t = _positives(exp, layout, params.positive_source)
+    positives_t, reserved_positives = _positives(exp, layout, params.positive_source)
     pool = _deduplicated_pool(exp, layout, recipe)
     # negatives never come from the positive source, should a recipe also pool it
     candidates = [
@@ -141,6 +149,7 @@ def materialize_quality_model(
         "threshold": threshold,
         "metrics": metrics,
         "positives": len(positives),
+        "positives_reserved_for_eval": reserved_positives,
         "negatives": len(negatives),
         "scored": len(texts),
         "kept": int(keep.sum()),

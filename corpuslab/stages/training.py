@@ -58,16 +58,19 @@ def _spec(
     tracking_uri: str,
     init_from: InitFrom | None = None,
     doremi: DoReMiSpec | None = None,
+    seed: int | None = None,
 ) -> RunSpec:
-    """The RunSpec of a training declaration on ``mixture``'s token file."""
+    """The RunSpec of a training declaration on ``mixture``'s token file (``seed``: replaces
+    ``train.seed``, which seeds both the initialization and the data order)."""
     tokens = TokenFile.open(layout.tokens_dir(mixture))
     dims = decl.model.resolve(tokens.meta.vocab_size, exp.mixtures[mixture].seq_len)
+    train = decl.train if seed is None else decl.train.model_copy(update={"seed": seed})
     return RunSpec(
         name=name,
         tokens_dir=layout.tokens_dir(mixture),
         out_dir=out_dir,
         model=dims,
-        train=decl.train,
+        train=train,
         deepspeed_config=decl.deepspeed_path(layout.home),
         deepspeed_overrides=decl.deepspeed_overrides,
         init_from=init_from,
@@ -77,8 +80,16 @@ def _spec(
     )
 
 
-def run_spec(exp: Experiment, layout: Layout, run: str, tracking_uri: str) -> RunSpec:
-    """The spec of a declared run (``init_from`` pointing at its parent's run folder)."""
+def replicate_name(run: str, seed: int | None) -> str:
+    """``<run>`` or, for one seed of a run declared with ``seeds``, ``<run>/seed<k>``."""
+    return run if seed is None else f"{run}/seed{seed}"
+
+
+def run_spec(
+    exp: Experiment, layout: Layout, run: str, tracking_uri: str, seed: int | None = None
+) -> RunSpec:
+    """The spec of a declared run, or of its replicate ``seed`` (``init_from`` pointing at its
+    parent's run folder)."""
     rdecl = exp.runs[run]
     init = None
     if rdecl.init_from is not None:
@@ -87,11 +98,12 @@ def run_spec(exp: Experiment, layout: Layout, run: str, tracking_uri: str) -> Ru
         exp,
         layout,
         rdecl,
-        name=run,
+        name=run if seed is None else f"{run}-seed{seed}",
         mixture=rdecl.mixture,
-        out_dir=layout.run_dir(run),
+        out_dir=layout.run_dir(run, seed),
         tracking_uri=tracking_uri,
         init_from=init,
+        seed=seed,
     )
 
 
@@ -134,8 +146,8 @@ def _training_params(decl: TrainingDecl) -> dict[str, Any]:
     return {k: v for k, v in params.items() if v is not None}
 
 
-def run_params(exp: Experiment, run: str) -> dict[str, Any]:
-    """Flat MLflow params: recipe, mixture, model and optimization settings."""
+def run_params(exp: Experiment, run: str, seed: int | None = None) -> dict[str, Any]:
+    """Flat MLflow params: recipe, mixture, model and optimization settings (and the seed)."""
     rdecl = exp.runs[run]
     mdecl = exp.mixtures[rdecl.mixture]
     params: dict[str, Any] = {
@@ -151,20 +163,27 @@ def run_params(exp: Experiment, run: str) -> dict[str, Any]:
     if not (mdecl.tokenizer.file or mdecl.tokenizer.mixture):
         params["tokenizer.vocab_size"] = mdecl.tokenizer.vocab_size
     params |= _training_params(rdecl)
+    if seed is not None:
+        params["train.seed"] = seed
+    if rdecl.evals:
+        params["evals"] = ",".join(rdecl.evals)
     if rdecl.init_from is not None:
         params |= {"init_from.run": rdecl.init_from.run, "init_from.layers": rdecl.init_from.layers}
     return params
 
 
-def run_tags(exp: Experiment, run: str) -> dict[str, str]:
-    """MLflow tags of a run: what it trained on, and the asset that evaluates it."""
+def run_tags(exp: Experiment, run: str, seed: int | None = None) -> dict[str, str]:
+    """MLflow tags of a run: what it trained on, its seed, and the asset that evaluates it."""
     mixture = exp.runs[run].mixture
-    return {
-        "dagster.eval_asset_key": f"eval/{run}",
+    tags = {
+        "dagster.eval_asset_key": f"eval/{replicate_name(run, seed)}",
         "corpuslab.recipe": exp.mixtures[mixture].recipe,
         "corpuslab.mixture": mixture,
         "corpuslab.run": run,
     }
+    if seed is not None:
+        tags["corpuslab.seed"] = str(seed)
+    return tags
 
 
 def run_artifacts(exp: Experiment, layout: Layout, run: str) -> list[Path]:
@@ -258,6 +277,8 @@ def materialize_training(
                 client.log_param(run_id, k, v)
         for path in (spec_path, run_dir / "deepspeed_config.json", *artifacts):
             client.log_artifact(run_id, str(path), artifact_path="config")
+        if not resumed:
+            log_token_dataset(client, run_id, Path(spec.tokens_dir))
         env = {
             "DS_ACCELERATOR": os.environ.get("DS_ACCELERATOR", "cpu"),
             "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")]),
@@ -283,6 +304,35 @@ def materialize_training(
         "loss_curve": curve,
         "data_version": digest(run_dir / "model.pt"),
     }
+
+
+def log_token_dataset(client: Any, run_id: str, tokens_dir: Path) -> None:
+    """Record the token file as the run's MLflow dataset input (context ``training``).
+
+    The digest is the token file's content digest (the ``tokens/<mixture>`` data version),
+    so MLflow's compare view shows which runs trained on exactly the same tokens.
+    """
+    from mlflow.entities import Dataset, DatasetInput, InputTag
+
+    meta = json.loads((tokens_dir / "meta.json").read_text())
+    name = "tokens/" + tokens_dir.name.split("=", 1)[-1]
+    dataset = Dataset(
+        name=name,
+        digest=digest(tokens_dir / "train.bin"),
+        source_type="local",
+        source=json.dumps({"uri": str(tokens_dir)}),
+        profile=json.dumps(
+            {
+                "sequences": meta["n_sequences"],
+                "seq_len": meta["seq_len"],
+                "tokens": meta["n_sequences"] * (meta["seq_len"] + 1),
+                "domains": meta["domains"],
+            }
+        ),
+    )
+    client.log_inputs(
+        run_id, [DatasetInput(dataset, tags=[InputTag("mlflow.data.context", "training")])]
+    )
 
 
 def mixture_weights(layout: Layout, mixture: str) -> dict[str, float]:

@@ -31,7 +31,9 @@ STAGE_REVISION = {
     "mixture": 3,
     "tokens": 3,
     "train": 2,
-    "eval": 2,
+    "eval": 3,
+    "evalset": 1,
+    "compare": 1,
     "doremi_reference": 2,
     "doremi_proxy": 3,
     "doremi_weights": 2,
@@ -53,8 +55,8 @@ EXCLUDED = {
     "mixture": {"doremi", "seq_len"},
     "tokens": {"doremi", "strategy", "weights", "temperature", "entropy_normalization",
                "token_budget"},
-    "train": {"eval"},
-    "eval": {"model", "train", "deepspeed", "deepspeed_overrides", "ranks", "init_from"},
+    "train": {"eval", "evals", "seeds"},
+    "eval": {"model", "train", "deepspeed", "deepspeed_overrides", "ranks", "init_from", "seeds"},
 }  # fmt: skip
 
 
@@ -76,20 +78,36 @@ def _version(stage: str, *parts: Any) -> str:
     return f"{stage}-r{STAGE_REVISION[stage]}-{fingerprint(*parts)}"
 
 
-def code_version(exp: Experiment, stage: str, name: str) -> str:
+def _reservations(exp: Experiment, sources: list[str]) -> dict[str, dict[str, float]]:
+    """Source -> suite -> held-out share, for the sources that evaluation suites hold out."""
+    return {s: r for s in sources if (r := exp.reservation(s))}
+
+
+def code_version(exp: Experiment, stage: str, name: str, seed: int | None = None) -> str:
     """The code version of ``stage``'s asset(s) for the declaration ``name``.
 
     ``name`` is a source for ``corpus``, a recipe for ``pool``/``dedup``/``quality_model``/
-    ``filtered``, a mixture for ``tokenizer``/``mixture``/``tokens``/``doremi_*`` and a run for
-    ``train``/``eval``.
+    ``filtered``, a mixture for ``tokenizer``/``mixture``/``tokens``/``doremi_*``, a run for
+    ``train``/``eval`` (``seed``: one replicate of a run declared with ``seeds``), a suite for
+    ``evalset`` and a study for ``compare``. The held-out slices evaluation suites take from a
+    recipe's sources shape its pools (and the quality model's positives); a recipe no suite
+    takes from keeps the version it had before suites existed.
     """
     if stage == "corpus":
         return _version(stage, _slice(exp.sources[name], EXCLUDED[stage]))
     if stage in ("pool", "dedup", "quality_model", "filtered"):
-        return _version(stage, _slice(exp.recipes[name], EXCLUDED[stage]))
+        recipe = exp.recipes[name]
+        parts: list[Any] = [_slice(recipe, EXCLUDED[stage])]
+        sources = list(recipe.sources)
+        if stage == "quality_model" and recipe.quality is not None:
+            sources.append(recipe.quality.positive_source)
+        held = _reservations(exp, sources) if stage in ("pool", "quality_model") else {}
+        if held:
+            parts.append(held)
+        return _version(stage, *parts)
     if stage in ("tokenizer", "mixture", "tokens"):
         mdecl = exp.mixtures[name]
-        parts: list[Any] = [_slice(mdecl, EXCLUDED[stage]), exp.tokenizer_owner(name)]
+        parts = [_slice(mdecl, EXCLUDED[stage]), exp.tokenizer_owner(name)]
         if stage == "tokenizer":
             tfile = mdecl.tokenizer.resolve_file(exp.home)
             parts.append(digest(tfile) if tfile else None)
@@ -104,9 +122,18 @@ def code_version(exp: Experiment, stage: str, name: str) -> str:
         return _version(stage, _slice(decl, exclude), decl.deepspeed_path(exp.home).read_text())
     if stage == "train":
         rdecl = exp.runs[name]
-        return _version(
-            stage, _slice(rdecl, EXCLUDED[stage]), rdecl.deepspeed_path(exp.home).read_text()
-        )
+        parts = [_slice(rdecl, EXCLUDED[stage]), rdecl.deepspeed_path(exp.home).read_text()]
+        return _version(stage, *parts, *([] if seed is None else [{"seed": seed}]))
     if stage == "eval":
-        return _version(stage, _slice(exp.runs[name], EXCLUDED[stage]))
+        parts = [_slice(exp.runs[name], EXCLUDED[stage])]
+        return _version(stage, *parts, *([] if seed is None else [{"seed": seed}]))
+    if stage == "evalset":
+        from corpuslab.eval.suite import SUITE_VERSION
+
+        decl = exp.evals[name]
+        files = [t.resolve_file(exp.home) for t in decl.tasks]
+        return _version(stage, decl, SUITE_VERSION, [digest(f) if f else None for f in files])
+    if stage == "compare":
+        study = exp.studies[name]
+        return _version(stage, study, {r: exp.runs[r].replicates() for r in study.runs})
     raise ValueError(f"unknown stage {stage!r}; allowed: {', '.join(STAGE_REVISION)}")

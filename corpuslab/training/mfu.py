@@ -2,10 +2,12 @@
 
 MFU = ``flops_per_token x tokens_per_s / (peak_flops x world_size)``, with ``flops_per_token =
 6N + 12 L H Q T`` (:meth:`ModelDims.flops_per_token`) and the peak per device declared
-(``train.peak_flops``), looked up for known GPUs (:data:`PEAK_FLOPS`, dense bf16) or, on CPU,
-this machine's fp32 matmul throughput with the rank's threads, measured once and cached
-(``$CORPUSLAB_CACHE``, default ``~/.cache/corpuslab``). A peak measured afresh at every run
-would move with the load: a busier machine would report a lower peak and so a higher MFU.
+(``train.peak_flops``), looked up for known GPUs (:data:`PEAK_FLOPS`, dense bf16, the vendors'
+theoretical figures) or, on CPU, the theoretical fp32 peak of the rank's threads (clock x FLOPs
+per cycle of the widest vector FMA the CPU has, :func:`cpu_theoretical_peak`), as PaLM defines
+MFU. A *measured* peak moves with the load: measured on a busy machine it comes out low and the
+MFU above 100% (the matmul probe, :func:`cpu_peak_flops`, measured once and cached in
+``$CORPUSLAB_CACHE``, stays for comparison and for a CPU whose clock cannot be read).
 """
 
 from __future__ import annotations
@@ -54,7 +56,45 @@ def peak_flops_per_device(tc: TrainConfig) -> tuple[float, str]:
         )
         if key is not None:
             return PEAK_FLOPS[key], key
-    return cpu_peak_flops()
+    return cpu_theoretical_peak(torch.get_num_threads())
+
+
+# fp32 FLOPs per cycle per core of the widest FMA: 2 units x (16 lanes AVX-512 / 8 lanes AVX2)
+# x 2 (multiply and add). Two FMA units is the server-part figure; a part with one has half
+# this peak, so its MFU reads low, never above 100%.
+FLOPS_PER_CYCLE = (("avx512f", 64), ("avx2", 32), ("avx", 16), ("sse2", 8))
+
+
+def _cpu_flags_and_clock() -> tuple[set[str], float]:
+    flags: set[str] = set()
+    mhz = 0.0
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags") and not flags:
+                flags = set(line.split(":", 1)[1].split())
+            elif line.startswith("cpu MHz"):
+                mhz = max(mhz, float(line.split(":", 1)[1]))
+    except (OSError, ValueError):
+        pass
+    try:  # the highest clock the cores may run at, where the kernel says
+        khz = Path("/sys/devices/system/cpu/cpu0/cpufreq/cpuinfo_max_freq").read_text()
+        mhz = max(mhz, int(khz) / 1000)
+    except (OSError, ValueError):
+        pass
+    return flags, mhz * 1e6
+
+
+def cpu_theoretical_peak(threads: int) -> tuple[float, str]:
+    """(fp32 FLOP/s of ``threads`` cores at full vector width and clock, how it was computed)."""
+    flags, hz = _cpu_flags_and_clock()
+    if not hz:
+        return cpu_peak_flops()  # no clock to compute from: the measured probe, said so
+    isa, per_cycle = next(((f, n) for f, n in FLOPS_PER_CYCLE if f in flags), ("scalar", 2))
+    peak = threads * hz * per_cycle
+    return peak, (
+        f"theoretical cpu fp32 peak: {threads} thread(s) x {hz / 1e9:.2f} GHz x {per_cycle} "
+        f"FLOP/cycle ({isa}, 2 FMA units)"
+    )
 
 
 def _cache_dir() -> Path:

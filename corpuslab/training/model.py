@@ -74,13 +74,19 @@ class CausalSelfAttention(nn.Module):
         self.c_proj = nn.Linear(config.d_model, config.d_model, bias=config.bias)
         self.resid_dropout = nn.Dropout(config.dropout)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Causal attention; ``attn_mask`` (bool, True = may attend) replaces the causal mask."""
         b, t, c = x.shape
         q, k, v = self.c_attn(x).split(c, dim=2)
         # (B, T, C) -> (B, n_head, T, head_dim)
         q, k, v = (z.view(b, t, self.n_head, c // self.n_head).transpose(1, 2) for z in (q, k, v))
         y = F.scaled_dot_product_attention(
-            q, k, v, dropout_p=self.dropout if self.training else 0.0, is_causal=True
+            q,
+            k,
+            v,
+            attn_mask=attn_mask,
+            dropout_p=self.dropout if self.training else 0.0,
+            is_causal=attn_mask is None,
         )
         y = y.transpose(1, 2).contiguous().view(b, t, c)
         return self.resid_dropout(self.c_proj(y))
@@ -110,8 +116,8 @@ class Block(nn.Module):
         self.ln_2 = LayerNorm(config.d_model, bias=config.bias)
         self.mlp = MLP(config)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x))
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), attn_mask)
         return x + self.mlp(self.ln_2(x))
 
 
@@ -168,15 +174,37 @@ class GPT(nn.Module):
         head_dim = cfg.d_model // cfg.n_head
         return 6 * self.num_params() + 12 * cfg.n_layer * cfg.n_head * head_dim * cfg.seq_len
 
-    def _logits(self, idx: torch.Tensor) -> torch.Tensor:
+    def hidden_states(
+        self,
+        idx: torch.Tensor,
+        positions: torch.Tensor | None = None,
+        attn_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Final-norm hidden states (B, T, d_model); ``lm_head`` of them gives the logits.
+
+        By default every row is one causal sequence at positions ``0..T-1``. Evaluation packs
+        several sequences that share a prefix into one row instead: ``positions`` (B, T) gives
+        each token its position and ``attn_mask`` (B, 1, T, T) bool, True where a query may
+        attend a key, says which tokens see which (e.g. each continuation sees the shared
+        context and its own earlier tokens, never another continuation).
+        """
         _, t = idx.shape
-        if t > self.config.seq_len:
-            raise ValueError(f"sequence of length {t} exceeds seq_len={self.config.seq_len}")
-        pos = torch.arange(t, dtype=torch.long, device=idx.device)
-        x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))
+        if positions is None:
+            if t > self.config.seq_len:
+                raise ValueError(f"sequence of length {t} exceeds seq_len={self.config.seq_len}")
+            positions = torch.arange(t, dtype=torch.long, device=idx.device)
+        elif positions.numel() and int(positions.max()) >= self.config.seq_len:
+            raise ValueError(
+                f"position {int(positions.max())} exceeds the context of seq_len="
+                f"{self.config.seq_len}"
+            )
+        x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(positions))
         for block in self.transformer.h:
-            x = block(x)
-        return self.lm_head(self.transformer.ln_f(x))
+            x = block(x, attn_mask)
+        return self.transformer.ln_f(x)
+
+    def _logits(self, idx: torch.Tensor) -> torch.Tensor:
+        return self.lm_head(self.hidden_states(idx))
 
     def forward(
         self, idx: torch.Tensor, targets: torch.Tensor | None = None, z_loss: float = 0.0

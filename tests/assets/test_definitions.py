@@ -28,8 +28,17 @@ def test_definitions_module_loads_expected_graph() -> None:
         "tokenizer/natural",
         "mixture/natural",
         "tokens/natural",
-        "train/tiny",
-        "eval/tiny",
+        "train/tiny/seed0",
+        "train/tiny/seed2",
+        "eval/tiny/seed1",
+        "train/tiny_heuristic/seed0",
+        "eval/tiny_heuristic/seed2",
+        "pool/heuristic/code",
+        "tokenizer/heuristic",
+        "tokens/heuristic",
+        "evalset/core_lite",
+        "compare/quality_filter",
+        "stats/leaderboard",
         "doremi/doremi/reference",
         "doremi/doremi/proxy",
         "doremi/doremi/weights",
@@ -59,8 +68,21 @@ def test_definitions_module_loads_expected_graph() -> None:
     }
     assert "corpus/reference" in parents("quality_model/baseline")
     assert "dedup/baseline/packages" in parents("quality_model/baseline")
-    assert parents("train/tiny") == {"tokens/natural", "mixture/natural"}
-    assert "train/tiny" in parents("eval/tiny")
+    assert parents("train/tiny/seed0") == {"tokens/natural", "mixture/natural"}
+    assert {"train/tiny/seed0", "evalset/core_lite"} <= parents("eval/tiny/seed0")
+    assert "train/tiny" not in keys  # a run with seeds is one asset per seed
+    assert {"train/tiny_doremi", "evalset/core_lite"} <= parents("eval/tiny_doremi")
+    # the study reads every seed of both runs; the eval set its check reads every token file
+    assert parents("compare/quality_filter") == {
+        *(f"eval/{r}/seed{k}" for r in ("tiny", "tiny_heuristic") for k in range(3)),
+        "evalset/core_lite",
+    }
+    assert {"corpus/reference", "tokens/natural", "tokens/heuristic"} <= parents(
+        "evalset/core_lite"
+    )
+    assert "eval/tiny/seed0" in parents("stats/leaderboard")
+    check_keys = {c.to_user_string() for c in graph.asset_check_keys}
+    assert "evalset/core_lite:excluded_from_training" in check_keys
     # DoReMi: reference and proxy train on natural's tokens; its weights feed mixture/doremi
     assert {"tokens/natural"} <= parents("doremi/doremi/reference")
     assert {"doremi/doremi/reference", "tokens/natural"} <= parents("doremi/doremi/proxy")
@@ -85,9 +107,12 @@ def test_definitions_module_loads_expected_graph() -> None:
     }
     # automation: per-shard and data stages eager, training and evaluation nightly
     label = lambda k: graph.get(dg.AssetKey(k.split("/"))).automation_condition.get_label()  # noqa: E731
-    assert label("pool/baseline/code") == label("quality_model/baseline") == "eager"
-    assert label("train/tiny").startswith("nightly") and label("eval/tiny").startswith("nightly")
+    assert label("pool/baseline/code") == label("evalset/core_lite") == "eager"
+    assert label("quality_model/baseline") == "fixed by its declaration"  # not by new shards
+    for key in ("train/tiny/seed0", "eval/tiny/seed0", "compare/quality_filter"):
+        assert label(key).startswith("nightly"), key
     assert label("stats/stage_summary") == "eager"
     policy = graph.get(dg.AssetKey(["pool", "baseline", "code"])).backfill_policy
     assert policy is not None and policy.max_partitions_per_run == 1
-    assert graph.get(dg.AssetKey(["train", "tiny"])).backfill_policy.max_partitions_per_run is None
+    train = graph.get(dg.AssetKey(["train", "tiny", "seed0"])).backfill_policy
+    assert train is not None and train.max_partitions_per_run is None

@@ -397,3 +397,50 @@ def test_a_killed_training_materialization_resumes_into_the_same_mlflow_run(
     ours, theirs = _losses(layout, "killed"), _losses(layout, "straight")
     assert set(ours) == set(theirs) and max(ours) == 60
     assert all(ours[s] == pytest.approx(theirs[s], abs=1e-6) for s in theirs)
+
+
+def test_study_report_eval_metrics_and_datasets_in_mlflow(materialized) -> None:  # type: ignore[no-untyped-def]
+    """The suite, the seeded run and the study, end to end: the exclusion check ran and passed,
+    every replicate has suite metrics (and the trajectory) in MLflow with its token file and
+    eval set as dataset inputs, the study's report is a parent run of the compared runs, and
+    dbt's leaderboard lists both runs with their seed counts."""
+    import json
+
+    home, _, _, reports = materialized
+    layout = Layout(home)
+    checks = {k: v for r in reports for k, v in r.checks.items()}
+    assert checks["evalset/tiny_suite:excluded_from_training"]
+    study = json.loads((layout.compare_dir("tiny_study") / "study.json").read_text())
+    assert study["metric"] == "tiny_suite.core" and study["baseline"] == "smoke"
+    est = study["headline"]["estimates"]
+    assert est["smoke"]["n_seeds"] == 1 and est["smoke_b"]["n_seeds"] == 2
+    assert est["smoke_b"]["low"] <= est["smoke_b"]["value"] <= est["smoke_b"]["high"]
+    diff = study["headline"]["differences"]["smoke_b"]
+    assert 0.0 <= diff["flip_probability"] <= 1.0 and diff["low"] <= diff["value"] <= diff["high"]
+    assert "smoke_b" in study["decision"]["statement"]
+    html = (layout.compare_dir("tiny_study") / "report.html").read_text()
+    assert html.count("data:image/png;base64,") >= 3 and 'src="http' not in html
+    client = mlflow.MlflowClient(layout.mlflow_uri)
+    parent = client.get_run(study["mlflow_parent_run_id"])
+    assert parent.data.tags["corpuslab.study"] == "tiny_study"
+    assert {"report/report.html", "report/report.md", "report/study.json"} <= {
+        a.path for a in client.list_artifacts(parent.info.run_id, "report")
+    }
+    for run, seed in (("smoke", None), ("smoke_b", 0), ("smoke_b", 1)):
+        info = json.loads((layout.run_dir(run, seed) / "mlflow.json").read_text())
+        r = client.get_run(info["run_id"])
+        assert r.data.tags["mlflow.parentRunId"] == parent.info.run_id
+        assert {"eval.tiny_suite.core", "eval.tiny_suite.heldout.reference.bpb",
+                "eval.tiny_suite.sig_1shot.p_correct"} <= set(r.data.metrics)  # fmt: skip
+        inputs = {(i.dataset.name, i.tags[0].value) for i in r.inputs.dataset_inputs}
+        assert inputs == {("tokens/small", "training"), ("evalset/tiny_suite", "evaluation")}
+        if seed is not None:
+            assert r.data.params["train.seed"] == str(seed)
+    # eval_every: 4 on smoke: the suite scored at step 4 and at the final step 8
+    info = json.loads((layout.run_dir("smoke") / "mlflow.json").read_text())
+    steps = [m.step for m in client.get_metric_history(info["run_id"], "eval.tiny_suite.core")]
+    assert sorted(steps) == [4, 8]
+    con = duckdb.connect(str(layout.duckdb_path), read_only=True)
+    board = con.execute("select run, seeds from leaderboard order by run").fetchall()
+    con.close()
+    assert board == [("smoke", 1), ("smoke_b", 2)]

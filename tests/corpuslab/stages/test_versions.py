@@ -14,6 +14,7 @@ import yaml
 from pydantic import BaseModel
 
 from corpuslab.declarations import Experiment, MixtureDecl, RecipeDecl, RunDecl, load_experiment
+from corpuslab.stages.training import replicate_name
 from corpuslab.stages.versions import code_version
 from tests.conftest import TINY_EXPERIMENT, write_experiment
 
@@ -36,9 +37,14 @@ def versions(exp: Experiment) -> dict[str, str]:
         if decl.doremi is not None:
             for role in ("reference", "proxy", "weights"):
                 out[f"doremi/{mixture}/{role}"] = code_version(exp, f"doremi_{role}", mixture)
-    for run in exp.runs:
-        out[f"train/{run}"] = code_version(exp, "train", run)
-        out[f"eval/{run}"] = code_version(exp, "eval", run)
+    for run, rdecl in exp.runs.items():
+        for seed in rdecl.replicates():
+            out[f"train/{replicate_name(run, seed)}"] = code_version(exp, "train", run, seed)
+            out[f"eval/{replicate_name(run, seed)}"] = code_version(exp, "eval", run, seed)
+    for suite in exp.evals:
+        out[f"evalset/{suite}"] = code_version(exp, "evalset", suite)
+    for study in exp.studies:
+        out[f"compare/{study}"] = code_version(exp, "compare", study)
     return out
 
 
@@ -64,7 +70,7 @@ def _owned(exp: Experiment, section: str, name: str) -> set[str]:
     if section == "mixtures":
         return {k for k in keys if k.split("/")[1] == name and k.split("/")[0] in
                 {"tokenizer", "mixture", "tokens", "doremi"}}  # fmt: skip
-    return {f"train/{name}", f"eval/{name}"}
+    return {k for k in keys if k.split("/")[0] in {"train", "eval"} and k.split("/")[1] == name}
 
 
 def _leaves(model: type[BaseModel], value: Any, path: tuple = ()) -> list[tuple[tuple, Any]]:
@@ -116,7 +122,7 @@ TRAIN_EDITS: list[tuple[set[str], dict]] = [
     ({"grad_clip"}, {"grad_clip": 0.5}),
     ({"adagc"}, {"adagc": {"beta": 0.9}}),
     ({"seed"}, {"seed": 7}),
-    ({"checkpoint_every"}, {"checkpoint_every": 3}),
+    ({"checkpoint_every"}, {"checkpoint_every": 2}),
     ({"keep_checkpoints"}, {"keep_checkpoints": 5}),
     ({"lawa_k"}, {"lawa_k": 1}),
     ({"heldout_sequences"}, {"heldout_sequences": 4}),
@@ -205,11 +211,16 @@ EDITS: dict[str, list[tuple[set[str], dict]]] = {
         ({"tokenizer.file", "tokenizer.eos_token"}, {"tokenizer": {"eos_token": "<|end|>"}}),
     ],
     "runs": [
-        *_training(),
+        # a run that scores checkpoints (eval_every) may not delete them (keep_checkpoints)
+        *[(f, {**e, "eval": {"eval_every": None}} if "train.keep_checkpoints" in f else e)
+          for f, e in _training()],
         ({"mixture", "init_from"}, {"mixture": "entropic"}),
         ({"init_from"}, {"init_from": {"run": "other", "layers": 1}}),
         ({"eval.max_docs_per_domain"}, {"eval": {"max_docs_per_domain": 4}}),
         ({"eval.batch_size"}, {"eval": {"batch_size": 8}}),
+        ({"eval.eval_every"}, {"eval": {"eval_every": 8}}),
+        ({"evals"}, {"evals": [], "eval": {"eval_every": None}}),
+        ({"seeds"}, {"seeds": [3, 4]}),
     ],
 }  # fmt: skip
 # Declarations the edits above may point at: a mixture with the same split, a parent run.
