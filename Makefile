@@ -11,7 +11,7 @@ export DS_ACCELERATOR ?= cpu
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export MLFLOW_TRACKING_URI ?= sqlite:///$(CORPUSLAB_HOME)/mlflow/mlflow.db
 
-.PHONY: install demo test lint ui mlflow corpus clean
+.PHONY: install chromium demo test lint ui mlflow corpus clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,7 +29,16 @@ corpus: install
 demo: install
 	$(VENV)/bin/corpuslab demo
 
-test: install
+# The UI tests (tests/ui) drive Debian's chromium through Playwright, never a downloaded browser
+# (no `playwright install`): installed with apt when it is missing, as root or through sudo.
+CHROMIUM := /usr/bin/chromium
+SUDO     := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+chromium:
+	@test -x $(CHROMIUM) || { $(SUDO) apt-get update && \
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y chromium; }
+
+test: install chromium
 	$(VENV)/bin/pytest -q
 
 lint: install
