@@ -127,9 +127,10 @@ def eval_asset(exp: Experiment, run: str, seed: int | None = None) -> dg.AssetsD
 
 
 def _headline(metric: str) -> bool:
-    """Metrics shown as numbers on the asset: suite CORE and bpb, held-out and mixture bpb."""
+    """Metrics shown as numbers on the asset: suite CORE and bpb, held-out and mixture bpb (of
+    the final weights and of the LAWA average)."""
     parts = metric.split(".")
-    if parts[0] == "eval" and parts[1] in ("bpb", "heldout"):
+    if parts[0] in ("eval", "eval_lawa") and parts[1] in ("bpb", "heldout"):
         return True
     return len(parts) == 3 and parts[2] in ("core", "bpb") or "heldout" in parts[2:3]
 
