@@ -102,7 +102,7 @@ class SourceStorage(Strict):
     endpoint_url: StrictStr | None = None
     region: StrictStr | None = None
     anonymous: StrictBool = False
-    max_attempts: StrictInt = Field(3, ge=1)
+    max_attempts: StrictInt = Field(default=3, ge=1)
 
     @model_validator(mode="before")
     @classmethod
@@ -192,9 +192,9 @@ class TokenizerDecl(Strict):
     ``eos_token`` separates documents in the training stream and must be in the vocabulary.
     """
 
-    vocab_size: int = Field(4096, ge=260, le=2**32 - 1)
-    min_frequency: int = Field(2, ge=1)
-    train_bytes: int = Field(20_000_000, ge=1000)
+    vocab_size: int = Field(default=4096, ge=260, le=2**32 - 1)
+    min_frequency: int = Field(default=2, ge=1)
+    train_bytes: int = Field(default=20_000_000, ge=1000)
     file: str | None = None
     mixture: str | None = None
     eos_token: str = EOS
@@ -235,7 +235,7 @@ class TrainingDecl(Strict):
     model: ModelSpec = ModelSpec(n_layer=2, n_head=4, d_model=128)
     deepspeed: str = "zero2"
     deepspeed_overrides: dict[str, Any] = Field(default_factory=dict)
-    ranks: int = Field(1, ge=1)
+    ranks: int = Field(default=1, ge=1)
     train: TrainConfig = TrainConfig(steps=100)
 
     @model_validator(mode="after")
@@ -282,12 +282,12 @@ class MixtureDecl(Strict):
         "natural"
     )
     weights: dict[str, float] | None = None
-    temperature: float | None = Field(None, gt=0)
+    temperature: float | None = Field(default=None, gt=0)
     entropy_normalization: Literal["linear", "softmax"] = "linear"
     doremi: DoReMiDecl | None = None
     token_budget: int = Field(ge=1)
-    seq_len: int = Field(128, ge=8)
-    heldout_fraction: float = Field(0.05, gt=0, lt=0.5)
+    seq_len: int = Field(default=128, ge=8)
+    heldout_fraction: float = Field(default=0.05, gt=0, lt=0.5)
     seed: int = 0
     tokenizer: TokenizerDecl = TokenizerDecl()
 
@@ -317,8 +317,8 @@ class MixtureDecl(Strict):
 class EvalDecl(Strict):
     """Held-out evaluation: per-domain bits-per-byte on documents never trained on."""
 
-    max_docs_per_domain: int = Field(200, ge=1)
-    batch_size: int = Field(16, ge=1)
+    max_docs_per_domain: int = Field(default=200, ge=1)
+    batch_size: int = Field(default=16, ge=1)
 
 
 class InheritDecl(Inherit):

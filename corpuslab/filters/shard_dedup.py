@@ -48,9 +48,11 @@ class ExactDedup(Step[ExactDedupParams]):
 class SpanDedupParams(StepParams):
     """What counts as a repeat, and when a document has too little left."""
 
-    min_chars: int = Field(1, ge=1)  # shorter lines/paragraphs are never removed
+    min_chars: int = Field(default=1, ge=1)  # shorter lines/paragraphs are never removed
     lowercase: bool = False
-    min_words_left: int = Field(1, ge=0)  # fewer whitespace words left: the document is dropped
+    min_words_left: int = Field(
+        default=1, ge=0
+    )  # fewer whitespace words left: the document is dropped
 
 
 _SPACES = re.compile(r"\s+")
