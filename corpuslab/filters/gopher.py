@@ -57,7 +57,7 @@ class GopherQuality(Step[GopherQualityParams]):
     name = "gopher_quality"
     Params = GopherQualityParams
 
-    def __init__(self, params: StepParams) -> None:
+    def __init__(self, params: GopherQualityParams) -> None:
         super().__init__(params)
         p = self.params
         self._stop = frozenset(p.stop_words)

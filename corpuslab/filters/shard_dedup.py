@@ -29,7 +29,7 @@ class ExactDedup(Step[ExactDedupParams]):
     name = "exact_dedup"
     Params = ExactDedupParams
 
-    def __init__(self, params: StepParams) -> None:
+    def __init__(self, params: ExactDedupParams) -> None:
         super().__init__(params)
         self._seen: set[bytes] = set()
 
@@ -65,7 +65,7 @@ class _SpanDedup(Step[SpanDedupParams]):
     separator: ClassVar[str]
     splitter: ClassVar[re.Pattern[str]]
 
-    def __init__(self, params: StepParams) -> None:
+    def __init__(self, params: SpanDedupParams) -> None:
         super().__init__(params)
         self._seen: set[str] = set()
 
