@@ -204,7 +204,8 @@ def normalize_batch(texts: Sequence[str]) -> list[str]:
     buf = np.frombuffer(b"".join(parts), dtype=np.uint8)
     table = _NO_UNICODE if is_ascii.all() else _unicode_classes()
     out, ends = _tokenize_kernel(buf, offsets, is_ascii, _ASCII_CLASSES, table)
-    view, bounds = memoryview(out), [0, *ends.tolist()]
+    # out.data is memoryview(out); numpy's stubs call ndarray a buffer only on Python >= 3.12
+    view, bounds = out.data, [0, *ends.tolist()]
     return [
         str(view[bounds[i] : bounds[i + 1]], "utf-8", "surrogatepass") for i in range(len(texts))
     ]
