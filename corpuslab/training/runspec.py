@@ -137,7 +137,7 @@ class ModelSpec(Strict):
                 raise ValueError(f"unknown scale {self.scale!r}; allowed: {', '.join(SCALES)}")
             if given:
                 raise ValueError(f"give either 'scale' or explicit dims, not both (got {given})")
-        elif len(given) != 3:
+        elif self.n_layer is None or self.n_head is None or self.d_model is None:
             missing = sorted(set(dims) - set(given))
             raise ValueError(f"explicit dims need n_layer, n_head and d_model; missing {missing}")
         elif self.d_model % self.n_head:
@@ -151,6 +151,9 @@ class ModelSpec(Strict):
             layer, head, width = s.n_layer, s.n_head, s.d_model
         else:
             layer, head, width = self.n_layer, self.n_head, self.d_model
+            assert layer is not None and head is not None and width is not None, (
+                "_scale_or_dims: without a scale all three dims are given"
+            )
         return ModelDims(
             vocab_size=vocab_size,
             seq_len=seq_len,
@@ -163,9 +166,8 @@ class ModelSpec(Strict):
 
     def budget_params(self, dims: ModelDims) -> int:
         """Parameters the token budget counts: the scale's published count, else all of ours."""
-        if self.scale is not None and SCALES[self.scale].params is not None:
-            return SCALES[self.scale].params
-        return dims.num_params(non_embedding=False)
+        published = SCALES[self.scale].params if self.scale is not None else None
+        return published if published is not None else dims.num_params(non_embedding=False)
 
 
 class AdaGCConfig(Strict):
@@ -385,7 +387,11 @@ def make_plan(spec: RunSpec, world_size: int) -> TrainPlan:
         steps = tc.steps
     else:
         params = spec.budget_params or dims.num_params(non_embedding=False)
-        tokens = tc.tokens or tc.token_multiplier * CHINCHILLA_TOKENS_PER_PARAM * params
+        if tc.tokens is not None:
+            tokens: float = tc.tokens
+        else:
+            assert tc.token_multiplier is not None, "TrainConfig sets one of the three lengths"
+            tokens = tc.token_multiplier * CHINCHILLA_TOKENS_PER_PARAM * params
         steps = max(1, math.ceil(tokens / tokens_per_step))
     return TrainPlan(
         world_size=world_size,
