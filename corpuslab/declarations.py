@@ -448,8 +448,8 @@ def _format_validation(file: Path, section: str, name: str, exc: ValidationError
     return "\n".join(lines)
 
 
-class _StrictLoader(yaml.CSafeLoader if yaml.__with_libyaml__ else yaml.SafeLoader):  # type: ignore[misc, name-defined]
-    """PyYAML's safe loader (libyaml when built with it); :func:`read_yaml` adds the checks."""
+# PyYAML's safe loader (libyaml's when PyYAML was built with it); read_yaml adds the checks
+_SafeLoader = yaml.CSafeLoader if yaml.__with_libyaml__ else yaml.SafeLoader
 
 
 def _children(node: yaml.Node) -> list[yaml.Node]:
@@ -526,7 +526,7 @@ def read_yaml(file: Path) -> Any:
         ) from None
     except OSError as exc:
         raise DeclarationError(f"{file}: cannot be read: {exc.strerror or exc}") from None
-    loader = _StrictLoader(text)
+    loader = _SafeLoader(text)
     try:
         node = loader.get_single_node()
         if node is None:
