@@ -44,6 +44,7 @@ test: install chromium
 lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/pyright
 
 ui: install
 	mkdir -p $(DAGSTER_HOME)

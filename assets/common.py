@@ -22,6 +22,20 @@ def metadata(summary: dict[str, Any], *skip: str) -> dict[str, Any]:
     return out
 
 
+def assets_of(defs: dg.Definitions) -> list[dg.AssetsDefinition]:
+    """The asset definitions in ``defs``: what ``dg.materialize`` runs and stats reads keys of.
+
+    ``Definitions.assets`` may hold specs and source assets too; corpuslab builds every asset
+    with ``@dg.asset`` / ``@dg.multi_asset``, so anything else is a bug and is named here.
+    """
+    out: list[dg.AssetsDefinition] = []
+    for a in defs.assets or []:
+        if not isinstance(a, dg.AssetsDefinition):
+            raise TypeError(f"expected asset definitions only, found a {type(a).__name__}: {a!r}")
+        out.append(a)
+    return out
+
+
 def conservation(key: dg.AssetKey, summary: dict[str, Any], *counted: str) -> dg.AssetCheckResult:
     """``documents_conserved``: documents in = kept + dropped, read back from written files."""
     return dg.AssetCheckResult(

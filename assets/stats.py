@@ -8,6 +8,7 @@ from typing import Any
 import dagster as dg
 from dagster_dbt import DagsterDbtTranslator, DbtCliResource, DbtProject, dbt_assets
 
+from assets.common import assets_of
 from corpuslab.layout import HOME_ENV
 from jobs.automation import condition_for
 from resources.dbt import dbt_project
@@ -66,7 +67,7 @@ def defs(*domains: dg.Definitions) -> dg.Definitions:
     """The dbt models, downstream of the stage assets of ``domains`` they read."""
     keys: dict[str, list[dg.AssetKey]] = defaultdict(list)
     for d in domains:
-        for a in d.assets or []:
-            for key in a.keys:  # type: ignore[union-attr]
+        for a in assets_of(d):
+            for key in a.keys:
                 keys[key.path[0]].append(key)
     return dg.Definitions(assets=[build_dbt_assets(keys)])

@@ -175,19 +175,19 @@ def run_bare(args: argparse.Namespace, stage: int, tokens: Path) -> dict[str, An
     import deepspeed
     import torch
 
-    from corpuslab.training.loop import (
-        _ensure_distributed_env,
-        _skip_cpu_shm_comm_build,
+    from corpuslab.training.deepspeed import (
+        ensure_distributed_env,
         fill_deepspeed_config,
-        optimizer_groups,
+        skip_cpu_shm_comm_build,
     )
     from corpuslab.training.model import GPT, GPTConfig
+    from corpuslab.training.optim import optimizer_groups
     from corpuslab.training.schedule import get_lr
 
     spec = make_spec(args, stage, Path(tempfile.gettempdir()), tokens)
     torch.set_num_threads(args.threads)
-    _ensure_distributed_env()
-    _skip_cpu_shm_comm_build()
+    ensure_distributed_env()
+    skip_cpu_shm_comm_build()
     deepspeed.init_distributed(dist_backend="gloo", verbose=False)
     template = json.loads(spec.deepspeed_config.read_text())
     config = fill_deepspeed_config(template, spec, world_size=1)

@@ -87,7 +87,8 @@ def cmd_materialize(args: argparse.Namespace) -> int:
         for source in exp.recipes[recipe].sources:
             key = dg.AssetKey(["dedup", recipe, source])
             pdef = defs.resolve_asset_graph().get(key).partitions_def
-            for part in pdef.get_partition_keys(dynamic_partitions_store=instance):  # type: ignore[union-attr]
+            assert pdef is not None, f"{key.to_user_string()} is partitioned by shard"
+            for part in pdef.get_partition_keys(dynamic_partitions_store=instance):
                 force[(key, part)] = {"full_recompute": token}
     for recipe in args.retrain or []:
         if recipe not in exp.recipes:
@@ -195,7 +196,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="corpuslab", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="corpuslab", description=(__doc__ or "").partition("\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
 
     def materialize_options(sp: argparse.ArgumentParser) -> None:

@@ -27,6 +27,8 @@ from typing import Any
 
 import dagster as dg
 
+from assets.common import assets_of
+
 CURSOR_FILE = "corpuslab_automation_cursor.json"
 Unit = tuple[dg.AssetKey, str | None]  # an asset and its partition (None: unpartitioned)
 
@@ -82,7 +84,7 @@ def evaluate(
     and subset (thousands of SQLite connections otherwise, ~10 s for the tiny experiment).
     """
     lookup = instance.get_dynamic_partitions
-    instance.get_dynamic_partitions = functools.cache(lookup)  # type: ignore[method-assign]
+    instance.get_dynamic_partitions = functools.cache(lookup)
     try:
         return dg.evaluate_automation_conditions(
             defs, instance, asset_selection=selection, cursor=cursor
@@ -147,7 +149,7 @@ def code_version_changes(defs: dg.Definitions, instance: dg.DagsterInstance) -> 
                 if mat is None or mat.partition in seen:
                     continue
                 seen.add(mat.partition)
-                recorded = mat.tags.get("dagster/code_version")
+                recorded = (mat.tags or {}).get("dagster/code_version")
                 if recorded != declared:
                     out[(key, mat.partition)] = f"declaration changed ({recorded} -> {declared})"
             if not page.has_more:
@@ -268,7 +270,7 @@ def execute_run(
     """Materialize ``keys`` (for ``partition``) in one in-process Dagster run."""
     t0 = time.perf_counter()
     result = dg.materialize(
-        assets=list(defs.assets or []),  # type: ignore[arg-type] - Definitions holds assets
+        assets=assets_of(defs),
         selection=keys,
         partition_key=partition,
         instance=instance,
@@ -290,7 +292,7 @@ def execute_run(
     if not result.success:
         failures = [e for e in result.all_events if e.is_step_failure]
         error = "; ".join(
-            f"{e.step_key}: {e.step_failure_data.error.message.strip()}"  # type: ignore[union-attr]
+            f"{e.step_key}: {e.step_failure_data.error.message.strip()}"
             for e in failures
             if e.step_failure_data and e.step_failure_data.error
         )

@@ -106,7 +106,7 @@ class SourceStorage(Strict):
     endpoint_url: StrictStr | None = None
     region: StrictStr | None = None
     anonymous: StrictBool = False
-    max_attempts: StrictInt = Field(3, ge=1)
+    max_attempts: StrictInt = Field(default=3, ge=1)
 
     @model_validator(mode="before")
     @classmethod
@@ -196,9 +196,9 @@ class TokenizerDecl(Strict):
     ``eos_token`` separates documents in the training stream and must be in the vocabulary.
     """
 
-    vocab_size: int = Field(4096, ge=260, le=2**32 - 1)
-    min_frequency: int = Field(2, ge=1)
-    train_bytes: int = Field(20_000_000, ge=1000)
+    vocab_size: int = Field(default=4096, ge=260, le=2**32 - 1)
+    min_frequency: int = Field(default=2, ge=1)
+    train_bytes: int = Field(default=20_000_000, ge=1000)
     file: str | None = None
     mixture: str | None = None
     eos_token: str = EOS
@@ -239,7 +239,7 @@ class TrainingDecl(Strict):
     model: ModelSpec = ModelSpec(n_layer=2, n_head=4, d_model=128)
     deepspeed: str = "zero2"
     deepspeed_overrides: dict[str, Any] = Field(default_factory=dict)
-    ranks: int = Field(1, ge=1)
+    ranks: int = Field(default=1, ge=1)
     train: TrainConfig = TrainConfig(steps=100)
 
     @model_validator(mode="after")
@@ -286,12 +286,12 @@ class MixtureDecl(Strict):
         "natural"
     )
     weights: dict[str, float] | None = None
-    temperature: float | None = Field(None, gt=0)
+    temperature: float | None = Field(default=None, gt=0)
     entropy_normalization: Literal["linear", "softmax"] = "linear"
     doremi: DoReMiDecl | None = None
     token_budget: int = Field(ge=1)
-    seq_len: int = Field(128, ge=8)
-    heldout_fraction: float = Field(0.05, gt=0, lt=0.5)
+    seq_len: int = Field(default=128, ge=8)
+    heldout_fraction: float = Field(default=0.05, gt=0, lt=0.5)
     seed: int = 0
     tokenizer: TokenizerDecl = TokenizerDecl()
 
@@ -327,9 +327,9 @@ class EvalDecl(Strict):
     multiple of ``train.checkpoint_every``), so the trajectory shows in MLflow.
     """
 
-    max_docs_per_domain: int = Field(200, ge=1)
-    batch_size: int = Field(16, ge=1)
-    eval_every: int = Field(0, ge=0)
+    max_docs_per_domain: int = Field(default=200, ge=1)
+    batch_size: int = Field(default=16, ge=1)
+    eval_every: int = Field(default=0, ge=0)
 
 
 class HeldoutDecl(Strict):
@@ -343,7 +343,7 @@ class HeldoutDecl(Strict):
 
     sources: list[str] = Field(default_factory=list)
     fraction_of: dict[str, float] = Field(default_factory=dict)
-    max_docs: int = Field(200, ge=1)
+    max_docs: int = Field(default=200, ge=1)
 
     @model_validator(mode="after")
     def _fractions(self) -> HeldoutDecl:
@@ -377,7 +377,7 @@ class DecontaminationDecl(Strict):
     """
 
     ngram: int = Field(NGRAM, ge=5)
-    max_overlap: float = Field(0.0, ge=0.0, lt=1.0)
+    max_overlap: float = Field(default=0.0, ge=0.0, lt=1.0)
     set_aside: bool = True
 
 
@@ -391,7 +391,7 @@ class SuiteDecl(Strict):
     heldout: HeldoutDecl | None = None
     tasks: list[TaskDecl] = Field(default_factory=list)
     decontamination: DecontaminationDecl = DecontaminationDecl()
-    batch_size: int = Field(32, ge=1)
+    batch_size: int = Field(default=32, ge=1)
 
     @model_validator(mode="after")
     def _something(self) -> SuiteDecl:
@@ -421,8 +421,8 @@ class StudyDecl(Strict):
     runs: list[str] = Field(min_length=2)
     baseline: str
     metric: str
-    confidence: float = Field(0.95, ge=0.5, lt=1.0)
-    n_boot: int = Field(2000, ge=100)
+    confidence: float = Field(default=0.95, ge=0.5, lt=1.0)
+    n_boot: int = Field(default=2000, ge=100)
     seed: int = 0
 
     @property
@@ -589,8 +589,8 @@ def _format_validation(file: Path, section: str, name: str, exc: ValidationError
     return "\n".join(lines)
 
 
-class _StrictLoader(yaml.CSafeLoader if yaml.__with_libyaml__ else yaml.SafeLoader):  # type: ignore[misc, name-defined]
-    """PyYAML's safe loader (libyaml when built with it); :func:`read_yaml` adds the checks."""
+# PyYAML's safe loader (libyaml's when PyYAML was built with it); read_yaml adds the checks
+_SafeLoader = yaml.CSafeLoader if yaml.__with_libyaml__ else yaml.SafeLoader
 
 
 def _children(node: yaml.Node) -> list[yaml.Node]:
@@ -667,7 +667,7 @@ def read_yaml(file: Path) -> Any:
         ) from None
     except OSError as exc:
         raise DeclarationError(f"{file}: cannot be read: {exc.strerror or exc}") from None
-    loader = _StrictLoader(text)
+    loader = _SafeLoader(text)
     try:
         node = loader.get_single_node()
         if node is None:

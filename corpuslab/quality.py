@@ -47,17 +47,25 @@ class QualityParams(Strict):
     """Training and selection settings of the quality classifier."""
 
     positive_source: str = Field(description="source whose documents are the positives")
-    negative_sample: int = Field(2000, ge=1, description="max negatives drawn from the pool")
-    positive_sample: int | None = Field(None, ge=1, description="max positives (None: all)")
-    keep_fraction: float | None = Field(0.9, gt=0.0, le=1.0, description="keep top fraction")
-    min_score: float | None = Field(None, ge=0.0, le=1.0, description="or keep P(hq) >= this")
-    epoch: int = Field(5, ge=1)
-    lr: float = Field(0.1, gt=0.0)
-    dim: int = Field(64, ge=1)
-    word_ngrams: int = Field(2, ge=1, description="DCLM: unigrams + bigrams")
-    bucket: int = Field(100_000, ge=1, description="hash buckets of n-grams (sets model size)")
-    heldout_fraction: float = Field(0.2, gt=0.0, lt=1.0)
-    seed: int = Field(0, ge=0)
+    negative_sample: int = Field(
+        default=2000, ge=1, description="max negatives drawn from the pool"
+    )
+    positive_sample: int | None = Field(default=None, ge=1, description="max positives (None: all)")
+    keep_fraction: float | None = Field(
+        default=0.9, gt=0.0, le=1.0, description="keep top fraction"
+    )
+    min_score: float | None = Field(
+        default=None, ge=0.0, le=1.0, description="or keep P(hq) >= this"
+    )
+    epoch: int = Field(default=5, ge=1)
+    lr: float = Field(default=0.1, gt=0.0)
+    dim: int = Field(default=64, ge=1)
+    word_ngrams: int = Field(default=2, ge=1, description="DCLM: unigrams + bigrams")
+    bucket: int = Field(
+        default=100_000, ge=1, description="hash buckets of n-grams (sets model size)"
+    )
+    heldout_fraction: float = Field(default=0.2, gt=0.0, lt=1.0)
+    seed: int = Field(default=0, ge=0)
 
     @model_validator(mode="before")
     @classmethod
@@ -196,7 +204,8 @@ def normalize_batch(texts: Sequence[str]) -> list[str]:
     buf = np.frombuffer(b"".join(parts), dtype=np.uint8)
     table = _NO_UNICODE if is_ascii.all() else _unicode_classes()
     out, ends = _tokenize_kernel(buf, offsets, is_ascii, _ASCII_CLASSES, table)
-    view, bounds = memoryview(out), [0, *ends.tolist()]
+    # out.data is memoryview(out); numpy's stubs call ndarray a buffer only on Python >= 3.12
+    view, bounds = out.data, [0, *ends.tolist()]
     return [
         str(view[bounds[i] : bounds[i + 1]], "utf-8", "surrogatepass") for i in range(len(texts))
     ]

@@ -53,14 +53,14 @@ def set_terminated(client: Any, run_id: str, status: str) -> None:
 
 def experiment_id(client: Any, name: str, artifact_root: str | None = None) -> str:
     """The id of MLflow experiment ``name``, created (with ``artifact_root``) on first use."""
-    import mlflow
+    from mlflow.exceptions import MlflowException
 
     exp = client.get_experiment_by_name(name)
     if exp is not None:
         return exp.experiment_id
     try:
         return client.create_experiment(name, artifact_location=artifact_root)
-    except mlflow.exceptions.MlflowException:  # created concurrently
+    except MlflowException:  # created concurrently
         found = client.get_experiment_by_name(name)
         if found is None:
             raise

@@ -11,11 +11,24 @@ as soon as that holds (``EAGER``); training, evaluation and studies wait for the
 import contextlib
 from collections.abc import Iterator
 from contextvars import ContextVar
+from typing import Any
 
 import dagster as dg
 
 AC = dg.AutomationCondition
 NIGHTLY_CRON = "0 3 * * *"
+
+
+def _since_last_handled(cond: dg.AutomationCondition[Any]) -> dg.AutomationCondition[Any]:
+    """``cond.since_last_handled()`` for a condition over assets.
+
+    Dagster annotates that method's ``self`` as ``AutomationCondition[AssetOrCheckKey]``, whose
+    type parameter is invariant, so a checker rejects it on the asset conditions it is meant
+    for (Dagster's own ``AutomationCondition.eager()`` builds the same expression). Typed
+    ``AutomationCondition[Any]`` here, the call checks.
+    """
+    return cond.since_last_handled()
+
 
 _UPDATED = (
     AC.newly_missing() | AC.code_version_changed() | AC.any_deps_match(AC.data_version_changed())
@@ -27,14 +40,14 @@ _READY = (
     & AC.all_deps_blocking_checks_passed().with_label("inputs' blocking checks passed")
 ).with_label("ready")
 
-EAGER = (_UPDATED.since_last_handled() & _READY).with_label("eager")
+EAGER = (_since_last_handled(_UPDATED) & _READY).with_label("eager")
 # What `corpuslab materialize` evaluates: like EAGER, but an asset missing from the start (a new
 # home) is requested too, where Dagster's automation waits for it to become newly missing.
 _CHANGED = AC.code_version_changed().with_label("declaration changed") | AC.any_deps_match(
     AC.data_version_changed()
 ).with_label("an input's data changed")
 NOW = (
-    (AC.missing().with_label("missing") | _CHANGED.since_last_handled()).with_label("due") & _READY
+    (AC.missing().with_label("missing") | _since_last_handled(_CHANGED)).with_label("due") & _READY
 ).with_label("now")
 # The quality model is fixed by its declaration and its recorded training sample: new shards are
 # scored by it, not a reason to retrain. It is requested when missing or when its recipe's
@@ -58,7 +71,7 @@ FIXED_NOW = (
     (AC.missing().with_label("missing") | _DECLARED.since_last_handled()).with_label("due") & _READY
 ).with_label("fixed by its declaration (now)")
 NIGHTLY = (
-    AC.cron_tick_passed(NIGHTLY_CRON).since_last_handled() & _UPDATED.since_last_handled() & _READY
+    AC.cron_tick_passed(NIGHTLY_CRON).since_last_handled() & _since_last_handled(_UPDATED) & _READY
 ).with_label(f"nightly ({NIGHTLY_CRON})")
 
 # Per-shard stages backfill one shard a run (a failure stays in its shard); global stages in one.

@@ -43,6 +43,7 @@ def discover_shards(
             found.errors.append(f"source {source!r}: {type(exc).__name__}: {exc}")
             continue
         found.skipped += [f"source {source!r}: {name}" for name in skipped]
+        assert pdef.name is not None, "shard_partitions names each source's definition"
         known = set(instance.get_dynamic_partitions(pdef.name))
         missing = sorted(set(shards) - known)
         if missing:

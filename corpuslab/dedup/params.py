@@ -22,17 +22,21 @@ SIGNATURE_VERSION = 1
 class DedupParams(Strict):
     """Settings of MinHash near-dedup; every threshold is an argument, none is hidden."""
 
-    ngram: int = Field(5, ge=1, description="words per shingle")
-    num_perm: int = Field(128, ge=2, description="MinHash permutations (signature length)")
-    threshold: float = Field(0.8, gt=0.0, le=1.0, description="Jaccard similarity of duplicates")
-    bands: int | None = Field(None, ge=2, description="LSH bands; with rows, overrides optimum")
-    rows: int | None = Field(None, ge=1, description="rows per LSH band")
-    seed: int = Field(1, ge=0, description="seed of the MinHash permutations")
+    ngram: int = Field(default=5, ge=1, description="words per shingle")
+    num_perm: int = Field(default=128, ge=2, description="MinHash permutations (signature length)")
+    threshold: float = Field(
+        default=0.8, gt=0.0, le=1.0, description="Jaccard similarity of duplicates"
+    )
+    bands: int | None = Field(
+        default=None, ge=2, description="LSH bands; with rows, overrides optimum"
+    )
+    rows: int | None = Field(default=None, ge=1, description="rows per LSH band")
+    seed: int = Field(default=1, ge=0, description="seed of the MinHash permutations")
     verify: bool = Field(
-        True, description="drop LSH candidates whose estimated Jaccard is below threshold"
+        default=True, description="drop LSH candidates whose estimated Jaccard is below threshold"
     )
     scheme: Literal["affine32", "legacy"] = Field(
-        "affine32",
+        default="affine32",
         description="datasketch permutation scheme: affine32 (its default since 2.0) or legacy",
     )
 

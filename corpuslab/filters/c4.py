@@ -28,9 +28,9 @@ class C4QualityParams(StepParams):
 
     remove_citations: bool = True
     filter_no_terminal_punct: bool = True
-    min_num_sentences: int = Field(5, ge=-1)  # -1 turns the page rule off
-    min_words_per_line: int = Field(3, ge=-1)
-    max_word_length: int = Field(1000, ge=-1)  # -1 turns the rule off
+    min_num_sentences: int = Field(default=5, ge=-1)  # -1 turns the page rule off
+    min_words_per_line: int = Field(default=3, ge=-1)
+    max_word_length: int = Field(default=1000, ge=-1)  # -1 turns the rule off
     filter_lorem_ipsum: bool = True
     filter_javascript: bool = True
     filter_curly_bracket: bool = True

@@ -22,15 +22,15 @@ GOPHER_STOP_WORDS = ("the", "be", "to", "of", "and", "that", "have", "with")
 class GopherQualityParams(StepParams):
     """Gopher's quality thresholds (Rae et al. 2021, App. A.1); None turns a rule off."""
 
-    min_words: int | None = Field(50, ge=0)
-    max_words: int | None = Field(100_000, ge=1)
-    min_mean_word_length: float | None = Field(3.0, ge=0)
-    max_mean_word_length: float | None = Field(10.0, gt=0)
-    max_symbol_word_ratio: float | None = Field(0.1, ge=0)
-    max_bullet_lines_ratio: float | None = Field(0.9, ge=0, le=1)
-    max_ellipsis_lines_ratio: float | None = Field(0.3, ge=0, le=1)
-    min_alpha_words_ratio: float | None = Field(0.8, ge=0, le=1)
-    min_stop_words: int | None = Field(2, ge=0)
+    min_words: int | None = Field(default=50, ge=0)
+    max_words: int | None = Field(default=100_000, ge=1)
+    min_mean_word_length: float | None = Field(default=3.0, ge=0)
+    max_mean_word_length: float | None = Field(default=10.0, gt=0)
+    max_symbol_word_ratio: float | None = Field(default=0.1, ge=0)
+    max_bullet_lines_ratio: float | None = Field(default=0.9, ge=0, le=1)
+    max_ellipsis_lines_ratio: float | None = Field(default=0.3, ge=0, le=1)
+    min_alpha_words_ratio: float | None = Field(default=0.8, ge=0, le=1)
+    min_stop_words: int | None = Field(default=2, ge=0)
     stop_words: tuple[str, ...] = GOPHER_STOP_WORDS
 
     @model_validator(mode="after")
@@ -57,7 +57,7 @@ class GopherQuality(Step[GopherQualityParams]):
     name = "gopher_quality"
     Params = GopherQualityParams
 
-    def __init__(self, params: StepParams) -> None:
+    def __init__(self, params: GopherQualityParams) -> None:
         super().__init__(params)
         p = self.params
         self._stop = frozenset(p.stop_words)
@@ -185,10 +185,10 @@ def _duplicates(parts: list[str]) -> tuple[int, int]:
 class GopherRepetitionParams(StepParams):
     """Gopher's repetition thresholds (Rae et al. 2021, Table A1); None turns a rule off."""
 
-    dup_line_frac: float | None = Field(0.3, ge=0, le=1)
-    dup_para_frac: float | None = Field(0.3, ge=0, le=1)
-    dup_line_char_frac: float | None = Field(0.2, ge=0, le=1)
-    dup_para_char_frac: float | None = Field(0.2, ge=0, le=1)
+    dup_line_frac: float | None = Field(default=0.3, ge=0, le=1)
+    dup_para_frac: float | None = Field(default=0.3, ge=0, le=1)
+    dup_line_char_frac: float | None = Field(default=0.2, ge=0, le=1)
+    dup_para_char_frac: float | None = Field(default=0.2, ge=0, le=1)
     top_n_grams: dict[int, float] = Field(default_factory=lambda: {2: 0.20, 3: 0.18, 4: 0.16})
     dup_n_grams: dict[int, float] = Field(
         default_factory=lambda: {5: 0.15, 6: 0.14, 7: 0.13, 8: 0.12, 9: 0.11, 10: 0.10}

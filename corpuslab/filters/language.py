@@ -74,8 +74,8 @@ def labels() -> list[str]:
 class LanguageIdParams(StepParams):
     """DCLM/RefinedWeb: keep English with fastText lid.176 score >= 0.65."""
 
-    languages: tuple[str, ...] = Field(("en",), min_length=1)
-    min_score: float = Field(0.65, ge=0, le=1)
+    languages: tuple[str, ...] = Field(default=("en",), min_length=1)
+    min_score: float = Field(default=0.65, ge=0, le=1)
 
 
 class LanguageId(Step[LanguageIdParams]):

@@ -29,7 +29,7 @@ class ExactDedup(Step[ExactDedupParams]):
     name = "exact_dedup"
     Params = ExactDedupParams
 
-    def __init__(self, params: StepParams) -> None:
+    def __init__(self, params: ExactDedupParams) -> None:
         super().__init__(params)
         self._seen: set[bytes] = set()
 
@@ -48,9 +48,11 @@ class ExactDedup(Step[ExactDedupParams]):
 class SpanDedupParams(StepParams):
     """What counts as a repeat, and when a document has too little left."""
 
-    min_chars: int = Field(1, ge=1)  # shorter lines/paragraphs are never removed
+    min_chars: int = Field(default=1, ge=1)  # shorter lines/paragraphs are never removed
     lowercase: bool = False
-    min_words_left: int = Field(1, ge=0)  # fewer whitespace words left: the document is dropped
+    min_words_left: int = Field(
+        default=1, ge=0
+    )  # fewer whitespace words left: the document is dropped
 
 
 _SPACES = re.compile(r"\s+")
@@ -63,7 +65,7 @@ class _SpanDedup(Step[SpanDedupParams]):
     separator: ClassVar[str]
     splitter: ClassVar[re.Pattern[str]]
 
-    def __init__(self, params: StepParams) -> None:
+    def __init__(self, params: SpanDedupParams) -> None:
         super().__init__(params)
         self._seen: set[str] = set()
 

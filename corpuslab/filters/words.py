@@ -15,7 +15,7 @@ import re
 import unicodedata
 from collections.abc import Iterable, Mapping
 from itertools import chain, pairwise
-from typing import Any
+from typing import Any, TypeGuard
 
 import numpy as np
 
@@ -165,7 +165,7 @@ def _english_specials() -> dict[str, tuple[str, ...]]:
     for excluded in ("ill", "its", "hell", "shell", "shed", "were", "well", "whore"):
         exc.pop(excluded, None)
         exc.pop(excluded.title(), None)
-    base = {f"{c}.": (f"{c}.",) for c in "abcdefghijklmnopqrstuvwxyz"}
+    base: dict[str, tuple[str, ...]] = {f"{c}.": (f"{c}.",) for c in "abcdefghijklmnopqrstuvwxyz"}
     base.update({e: (e,) for e in _EMOTICONS.split()})
     base.update({f"°{u}.": ("°", u, ".") for u in "cfkCFK"})
     base["\u2014"] = ("\u2014",)
@@ -174,6 +174,11 @@ def _english_specials() -> dict[str, tuple[str, ...]]:
         if "'" in key:
             base[key.replace("'", "\u2019")] = tuple(p.replace("'", "\u2019") for p in parts)
     return base
+
+
+def _all_known(ids: tuple[int | None, ...]) -> TypeGuard[tuple[int, ...]]:
+    """Whether every token of a chunk already has an id (``dict.get`` found them all)."""
+    return None not in ids
 
 
 def _char_ranges(chars: Iterable[str]) -> str:
@@ -563,7 +568,7 @@ class SpacyWordSplitter:
             return (self._token_id(chunk) if i is None else i,)
         tokens = self.split_chunk(chunk)
         ids = tuple(map(self._vocab.get, tokens))
-        return tuple(map(self._token_id, tokens)) if None in ids else ids  # type: ignore[return-value]
+        return ids if _all_known(ids) else tuple(map(self._token_id, tokens))
 
     def _token_id(self, token: str) -> int:
         i = self._vocab.get(token)

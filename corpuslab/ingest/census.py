@@ -40,6 +40,7 @@ _WARC_HEAD = re.compile(rb"WARC/")
 _HEADER_END = re.compile(rb"\r?\n\r?\n")
 _LENGTH = re.compile(rb"(?im)^[ \t]*content-length[ \t]*:(.*)$")
 _MAX_WARC_HEADER = 1 << 20
+Ended = Literal["complete", "truncated", "corrupt"]
 
 
 @dataclass(frozen=True)
@@ -53,8 +54,19 @@ class Census:
 
     unit: Literal["line", "row", "record", "file"]
     records: int | None
-    ended: Literal["complete", "truncated", "corrupt"] = "complete"
+    ended: Ended = "complete"
     detail: str = ""
+
+
+@dataclass
+class _Ending:
+    """How a stream ended, set by the reader that stops early (untouched: complete)."""
+
+    ended: Ended = "complete"
+    detail: str = ""
+
+    def set(self, ended: Ended, detail: str) -> None:
+        self.ended, self.detail = ended, detail
 
 
 @dataclass(frozen=True)
@@ -179,18 +191,18 @@ class _Tee(io.RawIOBase):
         return len(data)
 
 
-def _gzip_chunks(raw: BinaryIO, state: dict[str, str]) -> Iterator[bytes]:
+def _gzip_chunks(raw: BinaryIO, state: _Ending) -> Iterator[bytes]:
     with gzip.GzipFile(fileobj=raw, mode="rb") as fh:
         try:
             while chunk := fh.read1(CHUNK):  # read() drops what it buffered if EOFError hits
                 yield chunk
         except EOFError as exc:
-            state.update(ended="truncated", detail=f"gzip: {exc}")
+            state.set("truncated", f"gzip: {exc}")
         except (OSError, zlib.error) as exc:  # BadGzipFile is an OSError
-            state.update(ended="corrupt", detail=f"gzip: {type(exc).__name__}: {exc}")
+            state.set("corrupt", f"gzip: {type(exc).__name__}: {exc}")
 
 
-def _zstd_chunks(raw: BinaryIO, state: dict[str, str]) -> Iterator[bytes]:
+def _zstd_chunks(raw: BinaryIO, state: _Ending) -> Iterator[bytes]:
     import zstandard
 
     frames = _ZstdFrames()
@@ -200,17 +212,17 @@ def _zstd_chunks(raw: BinaryIO, state: dict[str, str]) -> Iterator[bytes]:
         while chunk := reader.read(CHUNK):
             yield chunk
     except zstandard.ZstdError as exc:
-        state.update(ended="corrupt", detail=f"zstd: {exc}")
+        state.set("corrupt", f"zstd: {exc}")
         return
     while tee.read(CHUNK):  # the frame walker sees every byte, even those zstd left unread
         pass
     if frames.error:
-        state.update(ended="corrupt", detail=f"zstd: {frames.error}")
+        state.set("corrupt", f"zstd: {frames.error}")
     elif not frames.between_frames:
-        state.update(ended="truncated", detail=f"zstd: frame {frames.frames + 1} is incomplete")
+        state.set("truncated", f"zstd: frame {frames.frames + 1} is incomplete")
 
 
-def _decompressed(raw: BinaryIO, name: str, state: dict[str, str]) -> Iterator[bytes]:
+def _decompressed(raw: BinaryIO, name: str, state: _Ending) -> Iterator[bytes]:
     if name.endswith(".gz"):
         return _gzip_chunks(raw, state)
     if name.endswith(".zst"):
@@ -218,12 +230,12 @@ def _decompressed(raw: BinaryIO, name: str, state: dict[str, str]) -> Iterator[b
     return iter(lambda: raw.read(CHUNK), b"")
 
 
-def _sniffed(raw: BinaryIO, state: dict[str, str]) -> Iterator[bytes]:
+def _sniffed(raw: BinaryIO, state: _Ending) -> Iterator[bytes]:
     """WARC files: gzip by its magic bytes, whatever the suffix (as the reader does)."""
     head = raw.read(2)
-    stream = io.BufferedReader(_Prefixed(head, raw))  # type: ignore[arg-type]
+    stream = io.BufferedReader(_Prefixed(head, raw))
     if head == b"\x1f\x8b":
-        return _gzip_chunks(stream, state)  # type: ignore[arg-type]
+        return _gzip_chunks(stream, state)
     return iter(lambda: stream.read(CHUNK), b"")
 
 
@@ -243,7 +255,7 @@ class _Prefixed(io.RawIOBase):
         return len(data)
 
 
-def _count_warc(chunks: Iterator[bytes], state: dict[str, str]) -> int:
+def _count_warc(chunks: Iterator[bytes], state: _Ending) -> int:
     """WARC records, walked by ``Content-Length`` over a growing buffer."""
     buf = b""
     records = 0
@@ -270,9 +282,9 @@ def _count_warc(chunks: Iterator[bytes], state: dict[str, str]) -> int:
                 more = fill()
                 continue
             if b"WARC/".startswith(buf):  # the file ends inside a record's first line
-                state.update(ended="truncated", detail=f"record {records + 1}: header cut")
+                state.set("truncated", f"record {records + 1}: header cut")
                 return records + 1
-            state.update(ended="corrupt", detail=f"no WARC record after record {records}")
+            state.set("corrupt", f"no WARC record after record {records}")
             return records
         end = _HEADER_END.search(buf, head.start())
         while end is None and more and len(buf) < _MAX_WARC_HEADER:
@@ -281,27 +293,27 @@ def _count_warc(chunks: Iterator[bytes], state: dict[str, str]) -> int:
         records += 1
         if end is None:
             if more:
-                state.update(ended="corrupt", detail=f"record {records}: header too long")
+                state.set("corrupt", f"record {records}: header too long")
             else:
-                state.update(ended="truncated", detail=f"record {records}: header cut")
+                state.set("truncated", f"record {records}: header cut")
             return records
         length = _LENGTH.search(buf, 0, end.end())
         value = length.group(1).strip() if length else b""
         if not value.isdigit():
-            state.update(ended="corrupt", detail=f"record {records}: no usable Content-Length")
+            state.set("corrupt", f"record {records}: no usable Content-Length")
             return records
         need = end.end() + int(value)
         while len(buf) < need and more:
             more = fill()
         if len(buf) < need:
-            state.update(ended="truncated", detail=f"record {records}: content cut")
+            state.set("truncated", f"record {records}: content cut")
             return records
         buf = buf[need:]
         while more and len(buf) < 64:
             more = fill()
         rest = buf.lstrip(b"\r\n")
         if rest and not (rest.startswith(b"WARC/") or b"WARC/".startswith(rest)):
-            state.update(ended="corrupt", detail=f"record {records}: Content-Length is wrong")
+            state.set("corrupt", f"record {records}: Content-Length is wrong")
             return records
 
 
@@ -330,7 +342,7 @@ def count_records(path: Location, *, fs: pafs.FileSystem | None = None) -> Censu
             detail = f"footer says {meta.num_rows} rows, its row groups {groups}"
             return Census("row", meta.num_rows, "corrupt", detail)
         return Census("row", meta.num_rows)
-    state: dict[str, str] = {}
+    state = _Ending()
     with storage.open_input(filesystem, p) as raw:
         if p.endswith(WARC_SUFFIXES):
             n = _count_warc(_sniffed(raw, state), state)
@@ -338,8 +350,7 @@ def count_records(path: Location, *, fs: pafs.FileSystem | None = None) -> Censu
         else:
             n = _count_lines(_decompressed(raw, p, state))
             unit = "line"
-    ended = state.get("ended", "complete")
-    return Census(unit, n, ended, state.get("detail", ""))  # type: ignore[arg-type]
+    return Census(unit, n, state.ended, state.detail)
 
 
 def _stream_flags(quarantined: list[dict[str, Any]]) -> list[str]:

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import email.message
 import gzip
 import hashlib
 import importlib.metadata
@@ -35,7 +36,7 @@ import sys
 import sysconfig
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import zstandard
 
@@ -251,7 +252,8 @@ def package_records() -> Iterator[Record]:
         key=lambda d: (str(d.metadata["Name"] or "").lower(), str(d.version or "")),
     )
     for dist in dists:
-        meta = dist.metadata
+        # an email Message at run time; typeshed's PackageMetadata has its .get from 3.12 on
+        meta = cast(email.message.Message, dist.metadata)
         name = re.sub(r"[-_.]+", "-", str(meta["Name"] or "")).lower()
         text = _description(meta)
         if not name or name in by_name or len(text) < MIN_PACKAGE_CHARS:
@@ -471,7 +473,7 @@ def summarize(shards: dict[str, list[Path]]) -> dict[str, dict[str, int]]:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m corpuslab.ingest.democorpus --out DIR``: build the corpus, print a summary."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").partition("\n")[0])
     parser.add_argument("--out", type=Path, required=True, help="folder to write sources into")
     parser.add_argument("--max-docs", type=int, default=None, help="cap per source")
     parser.add_argument("--docs-per-shard", type=int, default=None)

@@ -336,7 +336,7 @@ def open_input(fs: pafs.FileSystem, path: str, buffer_size: int = DEFAULT_BUFFER
         raise StorageError(f"{name} does not exist") from exc
     except OSError as exc:
         raise StorageError(f"cannot open {name}: {exc}") from exc
-    return io.BufferedReader(_RawStream(native, name), buffer_size=buffer_size)  # type: ignore[return-value]
+    return io.BufferedReader(_RawStream(native, name), buffer_size=buffer_size)
 
 
 def read_bytes(fs: pafs.FileSystem, path: str) -> bytes:

@@ -24,10 +24,10 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from tokenizers import Tokenizer
 
+from corpuslab.arrow import pc
 from corpuslab.compute import Compute, LocalCompute
 from corpuslab.fileio import atomic_path, digest, pack_strings, unpack_strings
 from corpuslab.lmdata.tokenfile import dtype_for_vocab

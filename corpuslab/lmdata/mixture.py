@@ -17,6 +17,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 
 def is_heldout(doc_id: str, fraction: float, seed: int = 0) -> bool:
@@ -194,7 +195,7 @@ class MixturePlan:
 
 
 def plan_mixture(
-    doc_tokens: Mapping[str, Sequence[int]],
+    doc_tokens: Mapping[str, ArrayLike],
     weights: Mapping[str, float],
     token_budget: int,
     seed: int = 0,
@@ -203,6 +204,7 @@ def plan_mixture(
 
     Documents are visited in a seeded random order; a domain is cycled through whole epochs
     (a fresh permutation each epoch) until its target is reached, so repetition is spread evenly.
+    ``doc_tokens`` gives each domain's tokens per document (a list or an array).
     """
     rng = np.random.default_rng(seed)
     plan = MixturePlan(weights=dict(weights), domains={})

@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.fs as pafs
 
+from corpuslab.arrow import pc
 from corpuslab.declarations import Experiment
 from corpuslab.fileio import digest, read_parquet, write_jsonl, write_parquet
 from corpuslab.ingest.census import count_records, reconcile

@@ -15,9 +15,9 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from corpuslab.arrow import pc
 from corpuslab.compute import Compute
 from corpuslab.declarations import Experiment
 from corpuslab.fileio import digest, read_json, write_json, write_parquet

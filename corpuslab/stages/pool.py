@@ -11,8 +11,8 @@ from __future__ import annotations
 from collections import Counter
 
 import pyarrow as pa
-import pyarrow.compute as pc
 
+from corpuslab.arrow import pc
 from corpuslab.declarations import Experiment
 from corpuslab.eval.suite import reserved
 from corpuslab.fileio import digest, read_json, read_parquet, write_parquet

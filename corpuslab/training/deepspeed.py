@@ -7,7 +7,7 @@ keeps them); the trainer fills them from :func:`~corpuslab.training.runspec.batc
 from __future__ import annotations
 
 import copy
-from typing import Any
+from typing import Any, Protocol, cast
 
 from corpuslab.training.runspec import RunSpec, batch_layout
 
@@ -178,14 +178,29 @@ def skip_cpu_shm_comm_build() -> None:
     building, so marking the op incompatible there skips the build.
     """
     import deepspeed.ops
-    from deepspeed.accelerator import get_accelerator
 
-    if get_accelerator().device_name() == "cpu":
+    if _accelerator().device_name() == "cpu":
         deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
 
 
 def comm_backend() -> str:
+    acc = _accelerator()
+    return "gloo" if acc.device_name() == "cpu" else acc.communication_backend_name()
+
+
+class _Accelerator(Protocol):
+    """The part of DeepSpeed's accelerator interface used here."""
+
+    def device_name(self, device_index: int | None = None) -> str: ...
+
+    def communication_backend_name(self) -> str: ...
+
+
+def _accelerator() -> _Accelerator:
+    """DeepSpeed's accelerator (``DS_ACCELERATOR``, else detected), chosen on first call."""
     from deepspeed.accelerator import get_accelerator
 
-    acc = get_accelerator()
-    return "gloo" if acc.device_name() == "cpu" else acc.communication_backend_name()
+    # DeepSpeed's accelerator code is unannotated: get_accelerator() is inferred Optional (it
+    # caches in a global that starts as None, but always returns one or raises), and the
+    # abstract device_name() requires the index that every implementation defaults.
+    return cast(_Accelerator, get_accelerator())

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -73,41 +73,41 @@ class DomainStats:
         return [v / t if t else float("nan") for v, t in zip(values, self.tokens, strict=True)]
 
 
-@dataclass
 class GroupDRO:
     """The proxy side of DoReMi inside a training loop: weighted loss and weight updates.
 
     Per optimizer step: :meth:`begin_step` with the global batch's tokens per domain, then
     :meth:`loss` once per micro-batch with the engine (or any callable returning
     ``(logits, _)``), inputs, targets and each row's domain, then :meth:`end_step`.
+    ``alpha`` gives the initial weights (None: uniform); the running state starts empty and is
+    restored by :meth:`load_state_dict`.
     """
 
-    reference: GPT
-    domains: list[str]
-    eta: float = 1.0
-    smoothing: float = 1e-3
-    alpha: torch.Tensor = field(default=None)  # type: ignore[assignment]
-    alpha_sum: torch.Tensor = field(default=None)  # type: ignore[assignment]
-    updates: int = 0
-    stats: DomainStats = field(default=None)  # type: ignore[assignment]
-    trajectory: list[list[float]] = field(default_factory=list)  # alpha after each step
-    excess_trajectory: list[list[float]] = field(default_factory=list)  # each step's excess
-    _step_tokens: torch.Tensor = field(default=None, repr=False)  # type: ignore[assignment]
-    _sums: torch.Tensor = field(default=None, repr=False)  # type: ignore[assignment]
+    _step_tokens: torch.Tensor  # set by begin_step: the step's global tokens per domain
+    _sums: torch.Tensor  # set by begin_step: (excess, proxy, reference) loss sums per domain
 
-    def __post_init__(self) -> None:
-        k = len(self.domains)
+    def __init__(
+        self,
+        reference: GPT,
+        domains: list[str],
+        eta: float = 1.0,
+        smoothing: float = 1e-3,
+        alpha: torch.Tensor | None = None,
+    ) -> None:
+        k = len(domains)
         if k < 2:
-            raise ValueError(f"DoReMi needs at least two domains, got {self.domains}")
-        if self.alpha is None:
-            self.alpha = torch.full((k,), 1.0 / k, dtype=torch.float64)
-        self.alpha = self.alpha.to(torch.float64)
+            raise ValueError(f"DoReMi needs at least two domains, got {domains}")
+        self.reference, self.domains, self.eta, self.smoothing = reference, domains, eta, smoothing
+        if alpha is None:
+            alpha = torch.full((k,), 1.0 / k, dtype=torch.float64)
+        self.alpha = alpha.to(torch.float64)
         if self.alpha.shape != (k,) or not math.isclose(float(self.alpha.sum()), 1.0, rel_tol=1e-6):
             raise ValueError(f"initial weights must be {k} numbers summing to 1: {self.alpha}")
-        if self.alpha_sum is None:
-            self.alpha_sum = torch.zeros(k, dtype=torch.float64)
-        if self.stats is None:
-            self.stats = DomainStats.zeros(k)
+        self.alpha_sum = torch.zeros(k, dtype=torch.float64)
+        self.updates = 0
+        self.stats = DomainStats.zeros(k)
+        self.trajectory: list[list[float]] = []  # alpha after each step
+        self.excess_trajectory: list[list[float]] = []  # each step's excess
         self.reference.eval()
         for p in self.reference.parameters():
             p.requires_grad_(False)

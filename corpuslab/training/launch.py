@@ -39,6 +39,7 @@ def loopback_store(world_size: int) -> tuple[Any, int]:
     sock.bind((LOOPBACK, 0))
     sock.listen(128)
     port = sock.getsockname()[1]
+    # torch.distributed re-exports TCPStore from torch._C without listing it as public
     store = dist.TCPStore(  # pyright: ignore[reportPrivateImportUsage]
         LOOPBACK,
         port,

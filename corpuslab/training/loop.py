@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, cast, runtime_checkable
 
 import numpy as np
 import torch
@@ -41,7 +41,9 @@ from corpuslab.training.mfu import optimizer_state_numel, peak_flops_per_device
 from corpuslab.training.model import GPT, GPTConfig, inherit_weights
 from corpuslab.training.optim import AdaGC, optimizer_groups
 from corpuslab.training.runspec import (
+    DoReMiSpec,
     InitFrom,
+    ModelDims,
     RunSpec,
     fingerprint_differences,
     make_plan,
@@ -55,6 +57,14 @@ CHECKPOINTS = "checkpoints"
 DOREMI_REPORT = "doremi.json"  # a DoReMi proxy's weights, trajectory and per-domain losses
 
 
+@runtime_checkable
+class _ParamGroups(Protocol):
+    """What the loop needs of the engine's optimizer (torch's, or DeepSpeed's ZeRO wrapper)."""
+
+    @property
+    def param_groups(self) -> list[dict[str, Any]]: ...
+
+
 class TrainingError(RuntimeError):
     """Training cannot go on (a non-finite loss or a loss spike)."""
 
@@ -63,11 +73,10 @@ class ResumeError(RuntimeError):
     """``out_dir`` holds a checkpoint of a run that differs from the spec in what it trains."""
 
 
-def _group_dro(spec: RunSpec, data: TokenFile, device: Any) -> GroupDRO:
+def _group_dro(dcfg: DoReMiSpec, mc: ModelDims, data: TokenFile, device: Any) -> GroupDRO:
     """DoReMi's proxy state: the reference model and the weights over the file's domains."""
-    dcfg = spec.doremi
     reference = load_reference(dcfg.reference_run_dir, device)
-    rc, mc = reference.config, spec.model
+    rc = reference.config
     if rc.vocab_size != mc.vocab_size or rc.seq_len < mc.seq_len:
         raise ValueError(
             f"DoReMi reference {dcfg.reference_run_dir} (vocab {rc.vocab_size}, seq_len "
@@ -165,20 +174,24 @@ def train(spec: RunSpec, reporter: Reporter | None = None) -> dict[str, Any]:
     num_params, flops_per_token = model.num_params(), mc.flops_per_token()
     groups = optimizer_groups(model, tc.weight_decay)
     if "optimizer" in ds_config:  # the config asked for DeepSpeed's optimizer: let it build one
-        engine, *_ = deepspeed.initialize(model=model, model_parameters=groups, config=ds_config)
+        # deepspeed annotates model_parameters as a Module, but documents and iterates it as
+        # what it is: tensors or param-group dicts
+        params = cast(Any, groups)
+        engine, *_ = deepspeed.initialize(model=model, model_parameters=params, config=ds_config)
     else:
         optimizer = torch.optim.AdamW(
             groups, lr=get_lr(0, tc, plan.steps), betas=tc.betas, eps=tc.eps
         )
         engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_config)
     device = engine.device
+    net, engine_optimizer = engine.module, engine.optimizer
+    assert isinstance(net, GPT), "deepspeed.initialize wraps the GPT it was given in place"
+    assert isinstance(engine_optimizer, _ParamGroups), "initialize was given or built one"
     adagc = None
     if tc.adagc is not None:
-        adagc = AdaGC(
-            tc.adagc, [p for p in engine.module.parameters() if p.requires_grad], tc.grad_clip
-        )
+        adagc = AdaGC(tc.adagc, [p for p in net.parameters() if p.requires_grad], tc.grad_clip)
 
-    dro = _group_dro(spec, data, device) if spec.doremi is not None else None
+    dro = _group_dro(spec.doremi, mc, data, device) if spec.doremi is not None else None
     row_domains = np.asarray(data.domains()) if dro is not None else None
     n_domains = len(data.meta.domains)
 
@@ -199,6 +212,7 @@ def train(spec: RunSpec, reporter: Reporter | None = None) -> dict[str, Any]:
             n_train, plan.micro_batch_size, plan.grad_accum_steps, world, tc.seed
         )
     else:
+        assert row_domains is not None, "read with dro, above"
         sampler = DomainBalancedSampler(
             row_domains[:n_train], plan.micro_batch_size, plan.grad_accum_steps, world, tc.seed
         )
@@ -236,12 +250,13 @@ def train(spec: RunSpec, reporter: Reporter | None = None) -> dict[str, Any]:
     try:
         for step in range(start_step, plan.steps):
             lr = get_lr(step, tc, plan.steps)
-            for group in engine.optimizer.param_groups:
+            for group in engine_optimizer.param_groups:
                 group["lr"] = lr
             rows = sampler.rank_rows(step, rank)
             sums = torch.zeros(2, dtype=torch.float64, device=device)  # (loss, z-term)
             clipped_frac = None
             if dro is not None:
+                assert row_domains is not None, "read with dro"
                 counts = np.bincount(row_domains[sampler.global_rows(step)], minlength=n_domains)
                 dro.begin_step(torch.from_numpy(counts * mc.seq_len))
             for m in range(accum):
@@ -249,9 +264,10 @@ def train(spec: RunSpec, reporter: Reporter | None = None) -> dict[str, Any]:
                 if dro is None:
                     _, loss = engine(x.to(device), y.to(device), z_loss=tc.z_loss)
                     sums[0] += loss.detach()
-                    if engine.module.last_z_loss is not None:
-                        sums[1] += engine.module.last_z_loss
+                    if net.last_z_loss is not None:
+                        sums[1] += net.last_z_loss
                 else:  # DoReMi proxy: the loss is domain-weighted, the logged loss is not
+                    assert row_domains is not None, "read with dro"
                     doms = torch.from_numpy(row_domains[np.sort(rows[m])].astype(np.int64))
                     loss, ce, z = dro.loss(
                         engine, x.to(device), y.to(device), doms, tc.z_loss, accum * world
@@ -313,7 +329,8 @@ def train(spec: RunSpec, reporter: Reporter | None = None) -> dict[str, Any]:
                 last_log_step = done
                 if reporter is not None:
                     reporter(done, metrics | _progress(done, plan.steps, start_step, start))
-                tracker.log(done, metrics)
+                if tracker is not None:  # rank 0 has one
+                    tracker.log(done, metrics)
             elif (
                 rank == 0 and reporter is not None and time.perf_counter() - last_report >= EVERY_S
             ):

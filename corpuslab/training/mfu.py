@@ -33,12 +33,12 @@ def measure_matmul_flops(seconds: float = 3.0, n: int = 512, trials: int = 10) -
     """
     gen = torch.Generator().manual_seed(0)
     a, b = torch.randn(n, n, generator=gen), torch.randn(n, n, generator=gen)
-    a @ b  # warm the kernels
+    _ = a @ b  # warm the kernels
     best = 0.0
     for _ in range(trials):
         count, start = 0, time.perf_counter()
         while (elapsed := time.perf_counter() - start) < seconds / trials:
-            a @ b
+            _ = a @ b
             count += 1
         best = max(best, 2 * n**3 * count / elapsed)
     return best

@@ -121,21 +121,30 @@ class Block(nn.Module):
         return x + self.mlp(self.ln_2(x))
 
 
+class Trunk(nn.Module):
+    """Embeddings, blocks and final norm: nanoGPT's ``transformer`` ModuleDict, with types.
+
+    Same submodules in the same order (so the same state-dict keys, ``transformer.wte.weight``
+    ..., and the same initialization under a seed); a ModuleDict's entries would be typed
+    ``Tensor | Module`` to a checker.
+    """
+
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        self.wte = nn.Embedding(config.vocab_size, config.d_model)
+        self.wpe = nn.Embedding(config.seq_len, config.d_model)
+        self.drop = nn.Dropout(config.dropout)
+        self.h = nn.ModuleList([Block(config) for _ in range(config.n_layer)])
+        self.ln_f = LayerNorm(config.d_model, bias=config.bias)
+
+
 class GPT(nn.Module):
     """Decoder-only language model with tied token embedding and output head."""
 
     def __init__(self, config: GPTConfig) -> None:
         super().__init__()
         self.config = config
-        self.transformer = nn.ModuleDict(
-            dict(
-                wte=nn.Embedding(config.vocab_size, config.d_model),
-                wpe=nn.Embedding(config.seq_len, config.d_model),
-                drop=nn.Dropout(config.dropout),
-                h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
-                ln_f=LayerNorm(config.d_model, bias=config.bias),
-            )
-        )
+        self.transformer = Trunk(config)
         self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
         self.last_z_loss: torch.Tensor | None = None
         # Weight tying (Press & Wolf 2017): one matrix both embeds tokens and scores them.

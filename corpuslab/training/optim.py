@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 import torch
 
 from corpuslab.training.runspec import AdaGCConfig
+
+if TYPE_CHECKING:
+    from deepspeed.utils.tensor_fragment import tensor_fragment
 
 
 def optimizer_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
@@ -96,6 +99,16 @@ class AdaGC:
         return float((scales < 1.0).double().mean())
 
 
+class _LinkedParam(Protocol):
+    """What ZeRO 1/2 attach to a parameter (``deepspeed.utils.mixed_precision_linkage``).
+
+    ``_hp_mapping`` links it to its fp32 partition: None where this rank holds none of it.
+    """
+
+    _hp_mapping: tensor_fragment | None
+    _index_in_param_group: int
+
+
 def _local_grad(param: torch.nn.Parameter, stage: int) -> torch.Tensor | None:
     """The piece of ``param``'s averaged gradient this rank holds (None: nothing here)."""
     if stage == 3:
@@ -104,10 +117,11 @@ def _local_grad(param: torch.nn.Parameter, stage: int) -> torch.Tensor | None:
         return safe_get_local_grad(param)
     if stage == 0 or not hasattr(param, "_hp_mapping"):
         return param.grad
-    mapping = param._hp_mapping
+    linked = cast(_LinkedParam, param)  # ZeRO 1/2 set these attributes; torch's stubs can't know
+    mapping = linked._hp_mapping
     if mapping is None:
         return None
-    piece = mapping.get_lp_grad_fragment(param._index_in_param_group)
+    piece = mapping.get_lp_grad_fragment(linked._index_in_param_group)
     address = mapping.lp_fragment_address
     if piece.numel() == param.numel() and address.numel != param.numel():
         piece = piece.view(-1).narrow(0, address.start, address.numel)  # full-size buffer

@@ -48,7 +48,7 @@ class ModelDims(Strict):
     n_layer: int = Field(ge=1, description="transformer blocks")
     n_head: int = Field(ge=1, description="attention heads; must divide d_model")
     d_model: int = Field(ge=1, description="residual stream width")
-    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
     bias: bool = False
 
     @model_validator(mode="after")
@@ -121,11 +121,11 @@ SCALES: dict[str, Scale] = {
 class ModelSpec(Strict):
     """The model as a run declares it: a ladder ``scale`` or all three explicit dims."""
 
-    scale: str | None = Field(None, description=f"one of {sorted(SCALES)}")
-    n_layer: int | None = Field(None, ge=1)
-    n_head: int | None = Field(None, ge=1)
-    d_model: int | None = Field(None, ge=8)
-    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    scale: str | None = Field(default=None, description=f"one of {sorted(SCALES)}")
+    n_layer: int | None = Field(default=None, ge=1)
+    n_head: int | None = Field(default=None, ge=1)
+    d_model: int | None = Field(default=None, ge=8)
+    dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
     bias: bool = False
 
     @model_validator(mode="after")
@@ -137,7 +137,7 @@ class ModelSpec(Strict):
                 raise ValueError(f"unknown scale {self.scale!r}; allowed: {', '.join(SCALES)}")
             if given:
                 raise ValueError(f"give either 'scale' or explicit dims, not both (got {given})")
-        elif len(given) != 3:
+        elif self.n_layer is None or self.n_head is None or self.d_model is None:
             missing = sorted(set(dims) - set(given))
             raise ValueError(f"explicit dims need n_layer, n_head and d_model; missing {missing}")
         elif self.d_model % self.n_head:
@@ -151,6 +151,9 @@ class ModelSpec(Strict):
             layer, head, width = s.n_layer, s.n_head, s.d_model
         else:
             layer, head, width = self.n_layer, self.n_head, self.d_model
+            assert layer is not None and head is not None and width is not None, (
+                "_scale_or_dims: without a scale all three dims are given"
+            )
         return ModelDims(
             vocab_size=vocab_size,
             seq_len=seq_len,
@@ -163,9 +166,8 @@ class ModelSpec(Strict):
 
     def budget_params(self, dims: ModelDims) -> int:
         """Parameters the token budget counts: the scale's published count, else all of ours."""
-        if self.scale is not None and SCALES[self.scale].params is not None:
-            return SCALES[self.scale].params
-        return dims.num_params(non_embedding=False)
+        published = SCALES[self.scale].params if self.scale is not None else None
+        return published if published is not None else dims.num_params(non_embedding=False)
 
 
 class AdaGCConfig(Strict):
@@ -177,64 +179,86 @@ class AdaGCConfig(Strict):
     exceeds that, and ``ema <- beta * ema + (1 - beta) * clipped_norm``. Defaults are the paper's.
     """
 
-    beta: float = Field(0.98, gt=0.0, lt=1.0, description="EMA smoothing of clipped norms")
-    threshold: float = Field(1.05, gt=0.0, description="lambda: clip when norm > lambda * EMA")
-    warmup_steps: int = Field(100, ge=0, description="steps of global clipping before AdaGC")
+    beta: float = Field(default=0.98, gt=0.0, lt=1.0, description="EMA smoothing of clipped norms")
+    threshold: float = Field(
+        default=1.05, gt=0.0, description="lambda: clip when norm > lambda * EMA"
+    )
+    warmup_steps: int = Field(
+        default=100, ge=0, description="steps of global clipping before AdaGC"
+    )
 
 
 class TrainConfig(Strict):
     """Optimization settings of one run; all batch sizes are in sequences unless named tokens."""
 
     # How long: at most one of steps / tokens / token_multiplier; none given means 100 steps.
-    steps: int | None = Field(None, ge=1, description="optimizer steps")
-    tokens: int | None = Field(None, ge=1, description="training tokens (rounded up to steps)")
+    steps: int | None = Field(default=None, ge=1, description="optimizer steps")
+    tokens: int | None = Field(
+        default=None, ge=1, description="training tokens (rounded up to steps)"
+    )
     token_multiplier: float | None = Field(
-        None, gt=0, description="tokens = multiplier x 20 x params ('1x' is Chinchilla-optimal)"
+        default=None,
+        gt=0,
+        description="tokens = multiplier x 20 x params ('1x' is Chinchilla-optimal)",
     )
     # Batch: micro-batch per rank; accumulation given or derived from the global batch.
-    micro_batch_size: int = Field(8, ge=1, description="sequences per rank per forward pass")
+    micro_batch_size: int = Field(
+        default=8, ge=1, description="sequences per rank per forward pass"
+    )
     grad_accum_steps: int | None = Field(
-        None, ge=1, description="micro-batches per step; derived when global_batch_tokens is set"
+        default=None,
+        ge=1,
+        description="micro-batches per step; derived when global_batch_tokens is set",
     )
     global_batch_tokens: int | None = Field(
-        None, ge=1, description="tokens per optimizer step = seq_len x micro x accum x ranks"
+        default=None,
+        ge=1,
+        description="tokens per optimizer step = seq_len x micro x accum x ranks",
     )
     # Schedule.
-    lr: float = Field(1e-3, gt=0, description="peak learning rate")
-    min_lr: float = Field(1e-4, ge=0, description="lr at the last step")
-    warmup_steps: int = Field(10, ge=0, description="linear warmup length in steps")
+    lr: float = Field(default=1e-3, gt=0, description="peak learning rate")
+    min_lr: float = Field(default=1e-4, ge=0, description="lr at the last step")
+    warmup_steps: int = Field(default=10, ge=0, description="linear warmup length in steps")
     schedule: Literal["cosine", "wsd"] = "cosine"
     decay_fraction: float = Field(
-        0.2, gt=0, le=1, description="wsd: fraction of the steps that decay at the end"
+        default=0.2, gt=0, le=1, description="wsd: fraction of the steps that decay at the end"
     )
     decay_shape: Literal["linear", "1-sqrt"] = Field(
-        "1-sqrt", description="wsd: shape of the final decay"
+        default="1-sqrt", description="wsd: shape of the final decay"
     )
     # Optimizer and regularization.
-    weight_decay: float = Field(0.1, ge=0, description="AdamW decay on matrices only")
+    weight_decay: float = Field(default=0.1, ge=0, description="AdamW decay on matrices only")
     betas: tuple[float, float] = (0.9, 0.95)
-    eps: float = Field(1e-8, gt=0)
-    z_loss: float = Field(1e-4, ge=0, description="PaLM z-loss coefficient: coef * log(Z)^2")
-    grad_clip: float = Field(1.0, ge=0, description="global gradient-norm clip; 0 disables")
-    adagc: AdaGCConfig | None = Field(None, description="per-parameter clipping instead")
+    eps: float = Field(default=1e-8, gt=0)
+    z_loss: float = Field(
+        default=1e-4, ge=0, description="PaLM z-loss coefficient: coef * log(Z)^2"
+    )
+    grad_clip: float = Field(default=1.0, ge=0, description="global gradient-norm clip; 0 disables")
+    adagc: AdaGCConfig | None = Field(default=None, description="per-parameter clipping instead")
     seed: int = 1337
     # Checkpoints, averaging, evaluation.
-    checkpoint_every: int = Field(0, ge=0, description="steps between checkpoints; 0: end only")
-    keep_checkpoints: int = Field(0, ge=0, description="newest checkpoints kept; 0 keeps all")
-    lawa_k: int = Field(0, ge=0, description="average the last k checkpoints; 0 disables")
+    checkpoint_every: int = Field(
+        default=0, ge=0, description="steps between checkpoints; 0: end only"
+    )
+    keep_checkpoints: int = Field(
+        default=0, ge=0, description="newest checkpoints kept; 0 keeps all"
+    )
+    lawa_k: int = Field(default=0, ge=0, description="average the last k checkpoints; 0 disables")
     heldout_sequences: int = Field(
-        0, ge=0, description="last rows of train.bin kept out of training for held-out loss"
+        default=0, ge=0, description="last rows of train.bin kept out of training for held-out loss"
     )
     # Stability guard.
     spike_factor: float | None = Field(
-        None, gt=1, description="stop when loss > factor x mean of the previous window"
+        default=None, gt=1, description="stop when loss > factor x mean of the previous window"
     )
-    spike_window: int = Field(20, ge=1, description="steps in the spike detector's mean")
+    spike_window: int = Field(default=20, ge=1, description="steps in the spike detector's mean")
     # Reporting and machine (not part of what a resume must match).
-    log_every: int = Field(10, ge=1, description="steps between metric reports")
-    threads: int | None = Field(None, ge=1, description="torch intra-op threads per rank")
+    log_every: int = Field(default=10, ge=1, description="steps between metric reports")
+    threads: int | None = Field(default=None, ge=1, description="torch intra-op threads per rank")
     peak_flops: float | None = Field(
-        None, gt=0, description="peak FLOP/s per device for MFU; None: detect (GPU) or measure"
+        default=None,
+        gt=0,
+        description="peak FLOP/s per device for MFU; None: detect (GPU) or measure",
     )
 
     @model_validator(mode="before")
@@ -279,8 +303,10 @@ class InitFrom(Inherit):
 class GroupDROParams(Strict):
     """DoReMi's weight update (Xie et al. 2023); defaults are the reference implementation's."""
 
-    eta: float = Field(1.0, gt=0, description="step size of the weights' update")
-    smoothing: float = Field(1e-3, ge=0, lt=1, description="mixing toward uniform each update")
+    eta: float = Field(default=1.0, gt=0, description="step size of the weights' update")
+    smoothing: float = Field(
+        default=1e-3, ge=0, lt=1, description="mixing toward uniform each update"
+    )
 
 
 class DoReMiSpec(GroupDROParams):
@@ -288,7 +314,7 @@ class DoReMiSpec(GroupDROParams):
 
     reference_run_dir: Path = Field(description="the finished reference run (same data)")
     initial_weights: dict[str, float] | None = Field(
-        None, description="domain -> weight to start from; None: uniform"
+        default=None, description="domain -> weight to start from; None: uniform"
     )
 
 
@@ -307,7 +333,7 @@ class RunSpec(Strict):
     init_from: InitFrom | None = None
     doremi: DoReMiSpec | None = None
     budget_params: int | None = Field(
-        None, ge=1, description="params behind token_multiplier; None: the model's total"
+        default=None, ge=1, description="params behind token_multiplier; None: the model's total"
     )
     mlflow_tracking_uri: str | None = None
     mlflow_run_id: str | None = None  # an existing run to log into; runs are never created here
@@ -361,7 +387,11 @@ def make_plan(spec: RunSpec, world_size: int) -> TrainPlan:
         steps = tc.steps
     else:
         params = spec.budget_params or dims.num_params(non_embedding=False)
-        tokens = tc.tokens or tc.token_multiplier * CHINCHILLA_TOKENS_PER_PARAM * params
+        if tc.tokens is not None:
+            tokens: float = tc.tokens
+        else:
+            assert tc.token_multiplier is not None, "TrainConfig sets one of the three lengths"
+            tokens = tc.token_multiplier * CHINCHILLA_TOKENS_PER_PARAM * params
         steps = max(1, math.ceil(tokens / tokens_per_step))
     return TrainPlan(
         world_size=world_size,

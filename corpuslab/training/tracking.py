@@ -5,6 +5,10 @@ from __future__ import annotations
 import queue
 import threading
 import time
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from mlflow.tracking import MlflowClient
 
 
 class MlflowLogger:
@@ -26,10 +30,12 @@ class MlflowLogger:
 
             self.client = MlflowClient(tracking_uri=tracking_uri)
             self.client.get_run(run_id)  # fail at start, not after an hour, if it is missing
-            self._thread = threading.Thread(target=self._work, name="mlflow-logger", daemon=True)
+            self._thread = threading.Thread(
+                target=self._work, args=(self.client, run_id), name="mlflow-logger", daemon=True
+            )
             self._thread.start()
 
-    def _work(self) -> None:
+    def _work(self, client: MlflowClient, run_id: str) -> None:
         from mlflow.entities import Metric
 
         while (item := self._queue.get()) is not None:
@@ -39,7 +45,7 @@ class MlflowLogger:
             now = int(time.time() * 1000)
             batch = [Metric(key=k, value=v, timestamp=now, step=step) for k, v in metrics.items()]
             try:
-                self.client.log_batch(self.run_id, metrics=batch)
+                client.log_batch(run_id, metrics=batch)
             except BaseException as exc:  # surfaced by close()
                 self._error = exc
 

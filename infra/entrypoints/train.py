@@ -64,7 +64,7 @@ def materialization_metadata(spec: RunSpec, summary: dict[str, Any]) -> dict[str
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").partition("\n")[0])
     parser.add_argument("--spec", type=Path, required=True, help="RunSpec JSON file")
     args = parser.parse_args(argv)
     spec = RunSpec.model_validate_json(args.spec.read_text())

@@ -19,6 +19,7 @@ import dagster as dg
 import pyarrow as pa
 import pytest
 
+from assets.common import assets_of
 from assets.partitions import shard_partitions
 from corpuslab.fileio import read_parquet
 from corpuslab.layout import Layout
@@ -61,7 +62,7 @@ class Home:
     ) -> dg.ExecuteInProcessResult:
         """One real Dagster run of ``keys`` on the instance; failures are returned, not raised."""
         return dg.materialize(
-            assets=list(self.defs.assets or []),  # type: ignore[arg-type]
+            assets=assets_of(self.defs),
             selection=keys,
             partition_key=partition,
             instance=self.instance,

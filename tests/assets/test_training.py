@@ -58,7 +58,8 @@ def test_child_run_trains_zero3_on_two_ranks_from_its_parents_weights(
     child_event = instance.get_latest_materialization_event(dg.AssetKey(["train", "child"]))
     assert parent_event is not None and child_event is not None
     assert parent_event.timestamp < child_event.timestamp
-    meta = child_event.asset_materialization.metadata  # type: ignore[union-attr]
+    assert child_event.asset_materialization is not None
+    meta = child_event.asset_materialization.metadata
     assert meta["world_size"].value == 2 and meta["zero_stage"].value == 3
     run_id = json.loads((child_dir / "mlflow.json").read_text())["run_id"]
     client = mlflow.MlflowClient(

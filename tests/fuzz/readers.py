@@ -387,7 +387,7 @@ def _parquet_table(rng: random.Random) -> tuple[pa.Table, set[str], int]:
         bad, keep = n, set()
     elif variant == 5:  # integer ids
         cols["id"] = pa.array(list(range(n)), pa.int64())
-        keep = {str(j) for j in range(n) if texts[j] and texts[j].strip()}  # type: ignore[union-attr]
+        keep = {str(j) for j, t in enumerate(texts) if t and t.strip()}
     else:
         cols["url"] = pa.array([f"https://x/{j}" for j in range(n)])
     return pa.table(cols), keep, bad

@@ -16,6 +16,7 @@ from typing import Any
 import dagster as dg
 import pyarrow.parquet as pq
 
+from assets.common import assets_of
 from corpuslab.layout import Layout
 from definitions import build
 from tests.conftest import write_experiment
@@ -81,7 +82,7 @@ def test_a_new_raw_file_yields_a_partition_and_a_run_of_its_corpus_shard(
             instance.add_dynamic_partitions(request.partitions_def_name, request.partition_keys)
         (run,) = third.run_requests
         result = dg.materialize(
-            assets=list(defs.assets or []),  # type: ignore[arg-type]
+            assets=assets_of(defs),
             selection=run.asset_selection,
             partition_key=run.partition_key,
             instance=instance,

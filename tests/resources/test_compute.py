@@ -16,6 +16,7 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
+from assets.common import assets_of
 from assets.partitions import shard_partitions
 from corpuslab.compute import LocalCompute, RayCompute, RayHead, local_ray_head
 from corpuslab.declarations import load_experiment
@@ -58,7 +59,7 @@ def materialize_recipe(exp_dir: Path, home: Path, dagster_dir: Path) -> None:
 
         def run(keys: list[list[str]], partition: str | None = None) -> None:
             dg.materialize(
-                assets=list(defs.assets or []),  # type: ignore[arg-type]
+                assets=assets_of(defs),
                 selection=[dg.AssetKey(k) for k in keys],
                 partition_key=partition,
                 instance=instance,

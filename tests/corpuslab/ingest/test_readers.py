@@ -107,7 +107,7 @@ def test_list_shards(tmp_path: Path) -> None:
 def test_write_is_atomic_on_failure(tmp_path: Path) -> None:
     target = tmp_path / "out.parquet"
     with pytest.raises(Exception):  # noqa: B017 - any failure mid-write
-        write_parquet("not a table", target)  # type: ignore[arg-type]
+        write_parquet("not a table", target)  # pyright: ignore[reportArgumentType] - on purpose
     assert list(tmp_path.iterdir()) == []
 
 

@@ -33,7 +33,8 @@ PAIRS_PER_LANGUAGE = 3
 def translation_pairs(lang: str, n: int = PAIRS_PER_LANGUAGE) -> list[list[str]]:
     """The ``n`` longest prose messages of a catalogue with their translations."""
     with open(CATALOG.format(lang=lang), "rb") as fh:
-        catalog = gettext.GNUTranslations(fh)._catalog  # type: ignore[attr-defined]
+        # gettext has no public way to list a catalogue's messages: read its parsed dict
+        catalog = gettext.GNUTranslations(fh)._catalog  # pyright: ignore[reportAttributeAccessIssue]
     pairs = [
         [k, v]
         for k, v in catalog.items()
