@@ -376,7 +376,7 @@ class DecontaminationDecl(Strict):
     set aside: the check reports them.
     """
 
-    ngram: int = Field(NGRAM, ge=5)
+    ngram: int = Field(default=NGRAM, ge=5)
     max_overlap: float = Field(default=0.0, ge=0.0, lt=1.0)
     set_aside: bool = True
 

@@ -61,14 +61,14 @@ _SETTLED = (
     ~AC.any_deps_match(AC.code_version_changed().since(AC.newly_updated()))
     & ~AC.any_deps_match(AC.any_deps_match(AC.data_version_changed()))
 ).with_label("inputs settled")
-FIXED = ((AC.newly_missing() | _DECLARED).since_last_handled() & _READY & _SETTLED).with_label(
+FIXED = (_since_last_handled(AC.newly_missing() | _DECLARED) & _READY & _SETTLED).with_label(
     "fixed by its declaration"
 )
 # The command runs ticks back to back and stops at the first that requests nothing, so it
 # cannot wait on a one-tick condition; it holds back an asset downstream of others still
 # changing itself (`cli.materialize.split_ready`).
 FIXED_NOW = (
-    (AC.missing().with_label("missing") | _DECLARED.since_last_handled()).with_label("due") & _READY
+    (AC.missing().with_label("missing") | _since_last_handled(_DECLARED)).with_label("due") & _READY
 ).with_label("fixed by its declaration (now)")
 NIGHTLY = (
     AC.cron_tick_passed(NIGHTLY_CRON).since_last_handled() & _since_last_handled(_UPDATED) & _READY

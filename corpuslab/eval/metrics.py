@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -38,7 +38,10 @@ def gold_bpb(results: Sequence[Mapping[str, Any]]) -> float:
     return nll / (math.log(2) * nbytes) if nbytes else float("nan")
 
 
-def centered_accuracy(acc: float, random_baseline: float) -> float:
+_Acc = TypeVar("_Acc", float, np.ndarray)  # one accuracy, or per seed/item arrays
+
+
+def centered_accuracy(acc: _Acc, random_baseline: float) -> _Acc:
     """``(acc - rb) / (1 - rb)``: 0 at chance, 1 at perfect (DCLM's CORE centering)."""
     if not 0.0 <= random_baseline < 1.0:
         raise ValueError(f"random baseline must lie in [0, 1), got {random_baseline}")

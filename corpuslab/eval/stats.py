@@ -39,7 +39,7 @@ class RunScores:
     names the items (``task:<name>`` / ``heldout:<source>``) so that pairing can be checked.
     """
 
-    seeds: list[int]
+    seeds: list[int | None]  # None: a run declared without seeds (one replicate)
     tasks: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
     baselines: dict[str, float] = field(default_factory=dict)
     heldout: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
@@ -88,7 +88,7 @@ def metric_values(
             return _over_seeds(_per_seed_ratio(t["gold_nll"], t["gold_bytes"], w), seeds) / LN2
         if what == "centered":
             acc = _over_seeds(_per_seed_mean(t["acc"], w), seeds)
-            return centered_accuracy(acc, run.baselines[task])  # type: ignore[arg-type]
+            return centered_accuracy(acc, run.baselines[task])
         if what not in t:
             raise KeyError(f"task {task!r} has no per-item {what!r}")
         return _over_seeds(_per_seed_mean(t[what], w), seeds)

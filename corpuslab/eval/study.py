@@ -46,7 +46,7 @@ def run_scores(evals: Sequence[Mapping[str, Any]], suite: str, weights: str = "e
             f"run {evals[0].get('run')!r}: its seeds were scored on different versions of "
             f"evalset/{suite} ({sorted(versions)}): re-evaluate them"
         )
-    scores = RunScores(seeds=[e.get("seed") for e in evals])  # type: ignore[misc]
+    scores = RunScores(seeds=[e.get("seed") for e in evals])
     first = results[0]
     for task, entry in first["tasks"].items():
         ids = [it["id"] for it in entry["items"]]

@@ -38,9 +38,10 @@ import re
 import sys
 import sysconfig
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import cache
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -103,9 +104,9 @@ def _summary(obj: object) -> str | None:
     return first if 4 <= n <= 40 else None
 
 
-def _signature(obj: object) -> str | None:
+def _signature(obj: Callable[..., Any]) -> str | None:
     try:
-        return str(inspect.signature(obj))  # type: ignore[arg-type]
+        return str(inspect.signature(obj))
     except (TypeError, ValueError):
         return None
 
@@ -126,7 +127,7 @@ def c_callables() -> list[tuple[str, str, str]]:
             for name, obj in sorted(vars(mod).items()):
                 if name.startswith("_"):
                     continue
-                targets: list[tuple[str, object]] = []
+                targets: list[tuple[str, Callable[..., Any]]] = []
                 if inspect.isbuiltin(obj):
                     targets.append((f"{prefix}{name}", obj))
                 elif isinstance(obj, type) and obj.__module__ == modname:

@@ -399,7 +399,7 @@ def test_a_killed_training_materialization_resumes_into_the_same_mlflow_run(
     assert all(ours[s] == pytest.approx(theirs[s], abs=1e-6) for s in theirs)
 
 
-def test_study_report_eval_metrics_and_datasets_in_mlflow(materialized) -> None:  # type: ignore[no-untyped-def]
+def test_study_report_eval_metrics_and_datasets_in_mlflow(materialized: Materialized) -> None:
     """The suite, the seeded run and the study, end to end: the exclusion check ran and passed,
     every replicate has suite metrics (and the trajectory) in MLflow with its token file and
     eval set as dataset inputs, the study's report is a parent run of the compared runs, and

@@ -48,7 +48,7 @@ def browser() -> Iterator[Browser]:
 @pytest.fixture()
 def page(browser: Browser) -> Iterator[Page]:
     """A fresh page (own cookies and local storage) with a desktop-sized viewport."""
-    context = browser.new_context(viewport=VIEWPORT)  # type: ignore[arg-type]
+    context = browser.new_context(viewport=VIEWPORT)
     context.set_default_timeout(30_000)
     yield context.new_page()
     context.close()

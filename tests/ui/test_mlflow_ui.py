@@ -86,7 +86,7 @@ def test_compare_view_shows_both_runs_eval_metrics(
     id_links = page.get_by_role("link", name=re.compile(f"^({ids[0]}|{ids[1]})$"))
     expect(id_links).to_have_count(2)
     boxes = {link.inner_text().strip(): link.bounding_box() for link in id_links.all()}
-    assert sorted(boxes, key=lambda i: boxes[i]["x"]) == ids, boxes  # type: ignore[index]
+    assert sorted(boxes, key=lambda i: boxes[i]["x"]) == ids, boxes
 
     first = page.get_by_role("grid").get_by_text(METRICS[0], exact=True)
     expect_visible(page, first, "the metrics table", 30)
