@@ -25,7 +25,8 @@ def eval_asset(exp: Experiment, run: str) -> dg.AssetsDefinition:
         description=f"Per-domain held-out bits-per-byte of run '{run}', logged to MLflow.",
     )
     def _eval(home: CorpuslabHome, mlflow: MlflowTracking) -> dg.MaterializeResult:
-        summary = materialize_eval(exp, home.layout(), run, mlflow.client())
+        with home.staged(exp, key) as layout:
+            summary = materialize_eval(exp, layout, run, mlflow.client())
         return dg.MaterializeResult(
             metadata={
                 **{k.replace(".", "_"): round(v, 4) for k, v in summary["metrics"].items()},

@@ -103,7 +103,7 @@ def cmd_materialize(args: argparse.Namespace) -> int:
         force=force,
         jobs=args.jobs,
         experiments=default_experiments_dir(),
-        home=layout.home,
+        home=layout.location,  # an s3:// home stays one: worker runs synchronize it too
     )
     if reports:
         n = sum(len(r.keys) for r in reports)
