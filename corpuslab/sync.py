@@ -45,6 +45,7 @@ import hashlib
 import json
 import logging
 import os
+import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -318,11 +319,12 @@ class Transfer:
     deleted: list[str] = field(default_factory=list)
     unchanged: int = 0
     bytes: int = 0
+    seconds: float = 0.0
 
     def describe(self, verb: str) -> str:
         return (
             f"{verb} {len(self.moved)} file(s) ({self.bytes:,} bytes), "
-            f"{self.unchanged} unchanged, {len(self.deleted)} deleted"
+            f"{self.unchanged} unchanged, {len(self.deleted)} deleted, in {self.seconds:.2f}s"
         )
 
 
@@ -360,7 +362,7 @@ class Mirror:
 
     def pull(self, specs: Iterable[str]) -> Transfer:
         """Make the specs' files what the store holds, fetching only objects that differ."""
-        done = Transfer()
+        done, t0 = Transfer(), time.perf_counter()
         with self._locked():
             for spec in map(check_spec, specs):
                 objects = {r: o for r, o in self.store.list(spec).items() if not _hidden(r)}
@@ -391,6 +393,7 @@ class Mirror:
                         path.unlink()
                         done.deleted.append(rel)
                     self.state.drop(rel)
+        done.seconds = time.perf_counter() - t0
         return done
 
     def _local_files(self, spec: str) -> list[str]:
@@ -414,7 +417,7 @@ class Mirror:
         ``latest``, so a reader never sees a marker before what it names); objects whose files
         this copy synchronized and then removed are deleted after that.
         """
-        done = Transfer()
+        done, t0 = Transfer(), time.perf_counter()
         specs = [check_spec(s) for s in specs]
         with self._locked():
             objects: dict[str, Remote] = {}
@@ -458,4 +461,5 @@ class Mirror:
                         self.store.delete(rel)
                         done.deleted.append(rel)
                     self.state.drop(rel)  # another machine's newer object is left alone
+        done.seconds = time.perf_counter() - t0
         return done
