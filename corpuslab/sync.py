@@ -143,7 +143,7 @@ class ObjectStore:
         )
         if (o.access_key_id is None) != (o.secret_access_key is None):
             raise StorageError("S3 credentials need both access_key_id and secret_access_key")
-        return boto3.session.Session().client(
+        return boto3.Session().client(  # a session of its own: clients of threads
             "s3",
             endpoint_url=endpoint,
             region_name=region or "us-east-1",

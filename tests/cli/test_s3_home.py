@@ -127,7 +127,7 @@ def test_the_tiny_experiment_runs_with_its_home_on_s3(
         shards = shard_requests(exp, layout, instance)  # listed from the store
         assert set(shards) == set(SOURCES) and all(len(k) == 2 for k in shards.values())
         for source, keys in shards.items():
-            instance.add_dynamic_partitions(shard_partitions(source).name, keys)
+            instance.add_dynamic_partitions(str(shard_partitions(source).name), keys)
         reports = materialize(build(exp_dir, home=home, now=True), instance, log=lambda _: None)
 
     assert reports and all(r.success for r in reports), [r.error for r in reports]
@@ -206,9 +206,8 @@ def test_the_tiny_experiment_runs_with_its_home_on_s3(
     )
     tracking = mlflow.MlflowClient(layout.mlflow_uri)
     run = tracking.get_run(summary["run_id"])
-    assert run.info.status == "FINISHED" and run.info.artifact_uri.startswith(
-        f"{home}/mlflow/artifacts/"
-    )
+    assert run.info.status == "FINISHED"
+    assert str(run.info.artifact_uri).startswith(f"{home}/mlflow/artifacts/")
     assert {"eval.bpb.docstrings", "eval.bpb.code"} <= set(run.data.metrics)
     artifact_keys = {k for k in stored if k.startswith("mlflow/artifacts/")}
     for name in ("config/spec.json", "train/summary.json", "eval/eval.json"):

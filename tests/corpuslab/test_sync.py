@@ -39,7 +39,7 @@ def s3(s3_server: S3Server) -> S3Server:
 
 
 def _options(s3: S3Server) -> S3Options:
-    return S3Options(**s3.options())
+    return S3Options.from_kwargs(dict(s3.options()))
 
 
 def _machine(root: Path, s3: S3Server, prefix: str) -> Mirror:
