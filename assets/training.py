@@ -13,7 +13,7 @@ import dagster as dg
 
 from corpuslab.declarations import Experiment
 from corpuslab.stages import training as stage
-from corpuslab.stages.doremi import materialize_doremi_weights
+from corpuslab.stages.doremi import PLOT_FILE, materialize_doremi_weights
 from corpuslab.stages.versions import code_version
 from jobs.automation import GLOBAL_BACKFILL, condition_for
 from resources.home import CorpuslabHome
@@ -171,12 +171,13 @@ def doremi_assets(exp: Experiment, mixture: str) -> list[dg.AssetsDefinition]:
     ) -> dg.MaterializeResult:
         with home.staged(exp, weights_key) as layout:
             summary = materialize_doremi_weights(exp, layout, mixture, mlflow.client())
+            png_file = layout.doremi_dir(mixture) / PLOT_FILE  # read while the copy is there
+            png = base64.b64encode(png_file.read_bytes()).decode()
         moved = ", ".join(
             f"{d} {summary['reference_weights'].get(d, float('nan')):.3f}->{w:.3f}"
             for d, w in summary["weights"].items()
         )
         context.log.info(f"DoReMi weights (reference -> DoReMi): {moved}")
-        png = base64.b64encode(Path(summary["plot"]).read_bytes()).decode()
         return dg.MaterializeResult(
             metadata={
                 "weights": dg.MetadataValue.json(summary["weights"]),
