@@ -7,7 +7,7 @@ whose objects differ from the local copy (:class:`corpuslab.sync.Mirror`); the s
 local files; its declared outputs are pushed after it succeeds, each object appearing only
 complete, commit markers last. A step that fails pushes nothing: its Dagster materialization
 is not recorded, so it is requested again, and downstream steps elsewhere never see its files.
-Training pushes each checkpoint as it completes (:mod:`corpuslab.training.upload`), so a killed
+Training pushes each checkpoint as it completes (:mod:`corpuslab.training.store`), so a killed
 run resumes from the store on another machine, which pulls the run folder first.
 
 The working copy is shared by this machine's steps (``<cache>/s3/<bucket>/<prefix>/work``), or,

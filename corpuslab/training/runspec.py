@@ -297,7 +297,7 @@ class DoReMiSpec(GroupDROParams):
 class StoreSpec(Strict):
     """Where the run folder is mirrored: an ``s3://`` home whose working copy is ``root``.
 
-    Rank 0 pushes each checkpoint there as it completes (:mod:`corpuslab.training.upload`).
+    Rank 0 pushes each checkpoint there as it completes (:mod:`corpuslab.training.store`).
     No credentials: the training process reaches the store with the standard AWS settings of
     its environment (``AWS_ENDPOINT_URL``, ``AWS_REGION``, the credential chain), as MLflow's S3
     artifact store does.

@@ -89,3 +89,17 @@ def test_checkpoint_marker_is_the_trainers() -> None:
     from corpuslab.training.checkpoints import LATEST
 
     assert io.LATEST == LATEST
+
+
+def test_the_report_reads_summaries_and_statistics_not_weights(tmp_path: Path) -> None:
+    """``corpuslab report`` on an s3:// home pulls these first: small files only."""
+    exp = load_experiment(write_experiment(tmp_path / "exp"), home=tmp_path / "home")
+    specs = io.report_inputs(exp, Layout(tmp_path / "home"))
+    assert {
+        "stats.duckdb",
+        "runs/smoke/summary.json",
+        "data/eval/run=smoke/",
+        "data/mixture/mixture=dro/mixture.json",
+        "doremi/dro/weights.json",
+    } <= set(specs)
+    assert not [s for s in specs if s.endswith((".pt", "/train.bin")) or "checkpoints" in s]
