@@ -28,6 +28,7 @@ import dataclasses
 import logging
 import os
 import shutil
+import socket
 import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
@@ -38,6 +39,16 @@ from corpuslab.stages.io import StageIO
 from corpuslab.sync import Mirror, Transfer
 
 log = logging.getLogger(__name__)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 class Home:
@@ -89,7 +100,13 @@ class Home:
             return
         steps = self.layout.home.parent / "steps"
         steps.mkdir(parents=True, exist_ok=True)
-        root = Path(tempfile.mkdtemp(prefix=f"{os.getpid()}-", dir=steps))
+        host = socket.gethostname().replace("-", "_")
+        for left in steps.iterdir():  # this host's copies of steps whose process was killed
+            owner, _, rest = left.name.partition("-")
+            pid = rest.split("-", 1)[0]
+            if owner == host and pid.isdigit() and not _alive(int(pid)):
+                shutil.rmtree(left, ignore_errors=True)
+        root = Path(tempfile.mkdtemp(prefix=f"{host}-{os.getpid()}-", dir=steps))
         try:
             yield dataclasses.replace(self.layout, home=root / "work")
         finally:
