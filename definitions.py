@@ -17,9 +17,11 @@ from resources import environments
 
 
 def build(
-    experiments: Path | None = None, home: Path | None = None, now: bool = False
+    experiments: Path | None = None, home: Path | str | None = None, now: bool = False
 ) -> dg.Definitions:
     """Definitions of the declared experiment, with the resources of ``$CORPUSLAB_ENV``.
+
+    ``home`` is a local folder or an ``s3://`` prefix (default ``$CORPUSLAB_HOME``).
 
     Every asset carries the automation condition of ``jobs.automation``; ``now`` makes them all
     eager (what ``corpuslab materialize`` evaluates).

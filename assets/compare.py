@@ -34,11 +34,12 @@ def compare_asset(exp: Experiment, study: str) -> dg.AssetsDefinition:
     def _compare(
         context: dg.AssetExecutionContext, home: CorpuslabHome, mlflow: MlflowTracking
     ) -> dg.MaterializeResult:
-        result = materialize_compare(exp, home.layout(), study, mlflow.client())
+        with home.staged(exp, key) as layout:
+            result = materialize_compare(exp, layout, study, mlflow.client())
         verdict = result["decision"]
         context.log.info(verdict["statement"])
         report = result["report"]
-        table = (home.layout().compare_dir(study) / "report.md").read_text()
+        table = (layout.compare_dir(study) / "report.md").read_text()
         return dg.MaterializeResult(
             metadata={
                 "decision": dg.MetadataValue.md(

@@ -34,14 +34,15 @@ def corpus_asset(exp: Experiment, source: str) -> dg.AssetsDefinition:
         storage: StorageResource,
         compute: ComputeResource,
     ) -> dg.MaterializeResult:
-        summary = compute.run(
-            materialize_corpus_shard,
-            exp,
-            home.layout(),
-            source,
-            context.partition_key,
-            vars(storage.s3_options()),
-        )
+        with home.staged(exp, key, context.partition_key) as layout:
+            summary = compute.run(
+                materialize_corpus_shard,
+                exp,
+                layout,
+                source,
+                context.partition_key,
+                vars(storage.s3_options()),
+            )
         if summary["quarantined"]:
             context.log.warning(
                 f"{summary['quarantined']} malformed records set aside: "

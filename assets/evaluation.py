@@ -44,9 +44,9 @@ def evalset_asset(exp: Experiment, suite: str) -> dg.AssetsDefinition:
         check_specs=[dg.AssetCheckSpec(EXCLUDED, asset=key, blocking=True)],
     )
     def _evalset(context: dg.AssetExecutionContext, home: CorpuslabHome) -> dg.MaterializeResult:
-        layout = home.layout()
-        manifest = materialize_evalset(exp, layout, suite)
-        check = check_excluded(exp, layout, suite)
+        with home.staged(exp, key) as layout:
+            manifest = materialize_evalset(exp, layout, suite)
+            check = check_excluded(exp, layout, suite)
         if not check["passed"]:
             context.log.error(
                 f"evalset/{suite}: {len(check['in_training'])} held-out document(s) in training "
@@ -109,7 +109,8 @@ def eval_asset(exp: Experiment, run: str, seed: int | None = None) -> dg.AssetsD
         f"{on} (final and LAWA weights), logged to its MLflow run.",
     )
     def _eval(home: CorpuslabHome, mlflow: MlflowTracking) -> dg.MaterializeResult:
-        summary = materialize_eval(exp, home.layout(), run, mlflow.client(), seed)
+        with home.staged(exp, key) as layout:
+            summary = materialize_eval(exp, layout, run, mlflow.client(), seed)
         headline = {
             k.replace(".", "_"): round(v, 4) for k, v in summary["metrics"].items() if _headline(k)
         }

@@ -33,7 +33,8 @@ def tokenizer_asset(exp: Experiment, mixture: str) -> dg.AssetsDefinition:
         + (f"the file {tdecl.file}." if tdecl.file else "byte-level BPE trained on its documents."),
     )
     def _tokenizer(home: CorpuslabHome) -> dg.MaterializeResult:
-        return result(key, materialize_tokenizer(exp, home.layout(), mixture))
+        with home.staged(exp, key) as layout:
+            return result(key, materialize_tokenizer(exp, layout, mixture))
 
     return _tokenizer
 
@@ -57,7 +58,8 @@ def mixture_asset(exp: Experiment, mixture: str) -> dg.AssetsDefinition:
     def _mixture(
         context: dg.AssetExecutionContext, home: CorpuslabHome, compute: ComputeResource
     ) -> dg.MaterializeResult:
-        summary = materialize_mixture(exp, home.layout(), mixture, compute)
+        with home.staged(exp, key) as layout:
+            summary = materialize_mixture(exp, layout, mixture, compute)
         for domain, factor in summary["repeated"].items():
             context.log.warning(f"domain {domain} repeated {factor:.2f}x to fill its share")
         return result(key, summary)
@@ -82,7 +84,8 @@ def tokens_asset(exp: Experiment, mixture: str) -> dg.AssetsDefinition:
         description=f"Shuffled fixed-length token sequences of mixture '{mixture}'.",
     )
     def _tokens(home: CorpuslabHome, compute: ComputeResource) -> dg.MaterializeResult:
-        return result(key, materialize_tokens(exp, home.layout(), mixture, compute))
+        with home.staged(exp, key) as layout:
+            return result(key, materialize_tokens(exp, layout, mixture, compute))
 
     return _tokens
 

@@ -39,9 +39,10 @@ def pool_asset(exp: Experiment, recipe: str, source: str) -> dg.AssetsDefinition
     def _pool(
         context: dg.AssetExecutionContext, home: CorpuslabHome, compute: ComputeResource
     ) -> dg.MaterializeResult:
-        summary = compute.run(
-            materialize_pool_shard, exp, home.layout(), recipe, source, context.partition_key
-        )
+        with home.staged(exp, key, context.partition_key) as layout:
+            summary = compute.run(
+                materialize_pool_shard, exp, layout, recipe, source, context.partition_key
+            )
         return result(key, summary, [conservation(key, summary, "documents_in", "kept", "dropped")])
 
     return _pool
@@ -89,15 +90,16 @@ def dedup_asset(exp: Experiment, recipe: str, source: str) -> dg.AssetsDefinitio
         home: CorpuslabHome,
         compute: ComputeResource,
     ) -> dg.MaterializeResult:
-        summary = materialize_dedup_shard(
-            exp,
-            home.layout(),
-            recipe,
-            source,
-            context.partition_key,
-            config.full_recompute,
-            compute.executor(),
-        )
+        with home.staged(exp, key, context.partition_key) as layout:
+            summary = materialize_dedup_shard(
+                exp,
+                layout,
+                recipe,
+                source,
+                context.partition_key,
+                config.full_recompute,
+                compute.executor(),
+            )
         check = dg.AssetCheckResult(
             asset_key=key,
             check_name=SURVIVORS,
@@ -132,7 +134,8 @@ def quality_asset(exp: Experiment, recipe: str) -> dg.AssetsDefinition:
     def _quality(
         context: dg.AssetExecutionContext, config: QualityConfig, home: CorpuslabHome
     ) -> dg.MaterializeResult:
-        summary = materialize_quality_model(exp, home.layout(), recipe, config.retrain)
+        with home.staged(exp, key) as layout:
+            summary = materialize_quality_model(exp, layout, recipe, config.retrain)
         if summary.get("reused"):
             context.log.info("declaration and training sample unchanged: the model is kept")
         elif summary.get("metrics"):
@@ -164,9 +167,10 @@ def filtered_asset(exp: Experiment, recipe: str, source: str) -> dg.AssetsDefini
     def _filtered(
         context: dg.AssetExecutionContext, home: CorpuslabHome, compute: ComputeResource
     ) -> dg.MaterializeResult:
-        summary = compute.run(
-            materialize_filtered_shard, exp, home.layout(), recipe, source, context.partition_key
-        )
+        with home.staged(exp, key, context.partition_key) as layout:
+            summary = compute.run(
+                materialize_filtered_shard, exp, layout, recipe, source, context.partition_key
+            )
         return result(key, summary, [conservation(key, summary, "documents_in", "kept", "dropped")])
 
     return _filtered

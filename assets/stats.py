@@ -1,8 +1,9 @@
 """``stats/*``: dbt-duckdb statistics over the stage outputs, as Dagster assets (dagster-dbt)."""
 
+import contextlib
 import os
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import dagster as dg
@@ -45,6 +46,23 @@ class CorpuslabDbtTranslator(DagsterDbtTranslator):
         )
 
 
+STATS = dg.AssetKey(["stats"])
+
+
+@contextlib.contextmanager
+def _environ(name: str, value: str) -> Iterator[None]:
+    """``name=value`` in this process's environment while dbt runs (its profile reads it)."""
+    old = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = old
+
+
 def build_dbt_assets(keys_by_stage: Mapping[str, Sequence[dg.AssetKey]]) -> dg.AssetsDefinition:
     project = dbt_project()
 
@@ -57,8 +75,8 @@ def build_dbt_assets(keys_by_stage: Mapping[str, Sequence[dg.AssetKey]]) -> dg.A
     def _corpus_stats(
         context: dg.AssetExecutionContext, dbt: DbtCliResource, home: CorpuslabHome
     ) -> Any:
-        os.environ[HOME_ENV] = home.home  # the profile and models read it
-        yield from dbt.cli(["build"], context=context).stream()
+        with home.staged(None, STATS) as layout, _environ(HOME_ENV, str(layout.home)):
+            yield from dbt.cli(["build"], context=context).stream()  # on the local copy
 
     return _corpus_stats
 

@@ -13,7 +13,7 @@ import dagster as dg
 
 from corpuslab.declarations import Experiment
 from corpuslab.stages import training as stage
-from corpuslab.stages.doremi import materialize_doremi_weights
+from corpuslab.stages.doremi import PLOT_FILE, materialize_doremi_weights
 from corpuslab.stages.versions import code_version
 from jobs.automation import GLOBAL_BACKFILL, condition_for
 from resources.home import CorpuslabHome
@@ -103,20 +103,20 @@ def train_asset(exp: Experiment, run: str, seed: int | None = None) -> dg.Assets
         mlflow: MlflowTracking,
         launcher: TrainingLauncher,
     ) -> dg.MaterializeResult:
-        layout = home.layout()
-        weights = stage.mixture_weights(layout, rdecl.mixture)
-        return _train(
-            context,
-            key,
-            stage.run_spec(exp, layout, run, mlflow.tracking_uri, seed),
-            mlflow=mlflow,
-            launcher=launcher,
-            ranks=rdecl.ranks,
-            tags=stage.run_tags(exp, run, seed),
-            params=stage.run_params(exp, run, seed)
-            | {f"mixture.weight.{d}": round(w, 6) for d, w in weights.items()},
-            artifacts=stage.run_artifacts(exp, layout, run),
-        )
+        with home.staged(exp, key) as layout:
+            weights = stage.mixture_weights(layout, rdecl.mixture)
+            return _train(
+                context,
+                key,
+                stage.run_spec(exp, layout, run, mlflow.tracking_uri, seed),
+                mlflow=mlflow,
+                launcher=launcher,
+                ranks=rdecl.ranks,
+                tags=stage.run_tags(exp, run, seed),
+                params=stage.run_params(exp, run, seed)
+                | {f"mixture.weight.{d}": round(w, 6) for d, w in weights.items()},
+                artifacts=stage.run_artifacts(exp, layout, run),
+            )
 
     return _asset
 
@@ -146,21 +146,21 @@ def doremi_assets(exp: Experiment, mixture: str) -> list[dg.AssetsDefinition]:
             mlflow: MlflowTracking,
             launcher: TrainingLauncher,
         ) -> dg.MaterializeResult:
-            layout = home.layout()
-            return _train(
-                context,
-                key,
-                stage.doremi_spec(exp, layout, mixture, role, mlflow.tracking_uri),
-                mlflow=mlflow,
-                launcher=launcher,
-                ranks=decl.ranks,
-                tags=stage.doremi_tags(exp, mixture, role),
-                params=stage.doremi_params(exp, mixture, role),
-                artifacts=[
-                    layout.mixture_dir(decl.reference) / "mixture.json",
-                    Path(exp.where("mixtures", mixture)),
-                ],
-            )
+            with home.staged(exp, key) as layout:
+                return _train(
+                    context,
+                    key,
+                    stage.doremi_spec(exp, layout, mixture, role, mlflow.tracking_uri),
+                    mlflow=mlflow,
+                    launcher=launcher,
+                    ranks=decl.ranks,
+                    tags=stage.doremi_tags(exp, mixture, role),
+                    params=stage.doremi_params(exp, mixture, role),
+                    artifacts=[
+                        layout.mixture_dir(decl.reference) / "mixture.json",
+                        Path(exp.where("mixtures", mixture)),
+                    ],
+                )
 
         return _asset
 
@@ -177,13 +177,15 @@ def doremi_assets(exp: Experiment, mixture: str) -> list[dg.AssetsDefinition]:
     def _weights(
         context: dg.AssetExecutionContext, home: CorpuslabHome, mlflow: MlflowTracking
     ) -> dg.MaterializeResult:
-        summary = materialize_doremi_weights(exp, home.layout(), mixture, mlflow.client())
+        with home.staged(exp, weights_key) as layout:
+            summary = materialize_doremi_weights(exp, layout, mixture, mlflow.client())
+            png_file = layout.doremi_dir(mixture) / PLOT_FILE  # read while the copy is there
+            png = base64.b64encode(png_file.read_bytes()).decode()
         moved = ", ".join(
             f"{d} {summary['reference_weights'].get(d, float('nan')):.3f}->{w:.3f}"
             for d, w in summary["weights"].items()
         )
         context.log.info(f"DoReMi weights (reference -> DoReMi): {moved}")
-        png = base64.b64encode(Path(summary["plot"]).read_bytes()).decode()
         return dg.MaterializeResult(
             metadata={
                 "weights": dg.MetadataValue.json(summary["weights"]),

@@ -106,7 +106,7 @@ def cmd_materialize(args: argparse.Namespace) -> int:
             force=force,
             jobs=args.jobs,
             experiments=default_experiments_dir(),
-            home=layout.home,
+            home=layout.location,  # an s3:// home stays one: worker runs synchronize it too
             last_tick=last.append,
         )
     except MaterializeError as exc:
@@ -163,9 +163,13 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    from corpuslab.home import Home
     from corpuslab.report import summary
+    from corpuslab.stages.io import report_inputs
 
-    print(summary(load_experiment(), Layout.from_env()))
+    home, exp = Home.open(), load_experiment()
+    home.pull(report_inputs(exp, home.layout))  # an s3:// home: its summaries, not its weights
+    print(summary(exp, home.layout))
     return 0
 
 
@@ -183,6 +187,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
             print(f"corpuslab demo: {exc}", file=sys.stderr)
             return 2
         marker.write_text(json.dumps({s: [p.name for p in ps] for s, ps in shards.items()}))
+        from corpuslab.home import Home
+
+        Home.open().push(["raw/"])  # an s3:// home: the raw corpus goes to the store
     print(f"demo corpus: {layout.raw} ({time.time() - t0:.1f}s)")
     rc = cmd_materialize(args)
     cmd_report(args)

@@ -313,7 +313,7 @@ def _worker_run(
     """A run in a worker process (its own definitions and instance connection)."""
     from definitions import build
 
-    defs = build(Path(experiments) if experiments else None, Path(home), now=True)
+    defs = build(Path(experiments) if experiments else None, home, now=True)
     instance = dg.DagsterInstance.get()
     asset_keys = [dg.AssetKey.from_user_string(k) for k in keys]
     cfg = {dg.AssetKey.from_user_string(k): v for k, v in configs.items()}
@@ -328,7 +328,7 @@ def materialize(
     force: dict[Unit, dict[str, Any]] | None = None,
     jobs: int = 1,
     experiments: Path | None = None,
-    home: Path | None = None,
+    home: Path | str | None = None,
     log: Callable[[str], None] = print,
     max_ticks: int = 100,
     last_tick: Callable[[dg.EvaluateAutomationConditionsResult], None] | None = None,
@@ -400,7 +400,7 @@ def _execute(
     configs: dict[dg.AssetKey, dict[str, Any]],
     jobs: int,
     experiments: Path | None,
-    home: Path | None,
+    home: Path | str | None,
 ) -> list[RunReport]:
     if jobs <= 1 or len(runs) <= 1 or home is None:
         return [execute_run(defs, instance, part, keys, configs) for part, keys in runs]

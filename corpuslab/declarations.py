@@ -151,9 +151,17 @@ class SourceDecl(Strict):
         return self.storage.model_dump(exclude_unset=True)
 
     def resolve(self, layout: Layout) -> str:
-        """The source's location: an ``s3://`` URL as declared, else an absolute local path."""
+        """The source's location: an ``s3://`` URL as declared, else an absolute local path.
+
+        A relative path is under the home: with an ``s3://`` home that is a prefix of the
+        store (read in place, like any S3 source), not the home's local working copy.
+        """
         if is_url(self.path):
             return self.path
+        if layout.remote is not None and not Path(expand_vars(self.path)).is_absolute():
+            inside = resolve_path(self.path, layout.home).relative_to(layout.home.absolute())
+            rel = inside.as_posix()
+            return layout.remote if rel == "." else f"{layout.remote}/{rel}"
         return str(resolve_path(self.path, layout.home))
 
 
@@ -491,6 +499,7 @@ class Experiment(Strict):
 
     root: Path
     home: Path = Field(default_factory=default_home)  # the base of relative paths
+    remote: str | None = None  # the s3:// home whose working copy ``home`` is, if any
     sources: dict[str, SourceDecl] = Field(default_factory=dict)
     recipes: dict[str, RecipeDecl] = Field(default_factory=dict)
     mixtures: dict[str, MixtureDecl] = Field(default_factory=dict)
@@ -691,13 +700,15 @@ def read_yaml(file: Path) -> Any:
         loader.dispose()
 
 
-def load_experiment(root: Path | None = None, home: Path | None = None) -> Experiment:
+def load_experiment(root: Path | None = None, home: Path | str | None = None) -> Experiment:
     """Load and cross-check every declaration under ``root`` (default: ``experiments/``).
 
-    ``home`` is the base folder of relative paths (default: ``$CORPUSLAB_HOME``).
+    ``home`` is the base folder of relative paths (default: ``$CORPUSLAB_HOME``); an ``s3://``
+    home's relative source paths are prefixes of it, its local root is its working copy.
     """
     root = (root or default_experiments_dir()).resolve()
-    home = (home or default_home()).absolute()
+    layout = Layout.for_location(home) if home is not None else Layout.from_env()
+    home, remote = layout.home.absolute(), layout.remote
     if not root.is_dir():
         raise DeclarationError(f"{root}: experiments folder does not exist")
     files = sorted(root.glob("*.yaml")) + sorted(root.glob("*.yml"))
@@ -731,7 +742,7 @@ def load_experiment(root: Path | None = None, home: Path | None = None) -> Exper
                 except ValidationError as exc:
                     raise DeclarationError(_format_validation(file, section, name, exc)) from None
                 origin[f"{section}.{name}"] = str(file)
-    exp = Experiment(root=root, home=home, origin=origin, **parsed)
+    exp = Experiment(root=root, home=home, remote=remote, origin=origin, **parsed)
     _cross_check(exp)
     return exp
 
@@ -741,6 +752,21 @@ def _ref_error(exp: Experiment, section: str, name: str, key: str, value: str, p
     raise DeclarationError(
         f"{exp.where(section, name)}: {section}.{name}.{key}: unknown {value!r}; allowed: {allowed}"
     )
+
+
+def _relative_under_remote(exp: Experiment, value: str, where: str) -> None:
+    """A declared file must be local: with an s3:// home, a relative path is not."""
+    if exp.remote is None:
+        return
+    try:
+        relative = not Path(expand_vars(value)).is_absolute()
+    except ValueError as exc:
+        raise DeclarationError(f"{where}: {exc}") from None
+    if relative:
+        raise DeclarationError(
+            f"{where}: {value!r} is relative to the home, which is {exp.remote} (not a local "
+            "folder); give this file as an absolute path or with a $VAR"
+        )
 
 
 def _check_paths(exp: Experiment) -> None:
@@ -753,6 +779,8 @@ def _check_paths(exp: Experiment) -> None:
             folder = resolve_path(src.path, exp.home)
         except ValueError as exc:
             raise DeclarationError(f"{where}: {exc}") from None
+        if exp.remote is not None and not Path(expand_vars(src.path)).is_absolute():
+            continue  # a prefix of the s3:// home: listed by the shard sensor, not here
         if not folder.exists():
             if folder.is_symlink():
                 raise DeclarationError(f"{where}: {folder} is a broken symbolic link")
@@ -763,8 +791,23 @@ def _check_paths(exp: Experiment) -> None:
             raise DeclarationError(f"{where}: {folder} is a file, not a folder of shards")
         elif not os.access(folder, os.R_OK | os.X_OK):
             raise DeclarationError(f"{where}: {folder} is not readable")
+    for name, run in exp.runs.items():
+        if run.deepspeed.endswith(".json") or "/" in run.deepspeed:
+            _relative_under_remote(
+                exp, run.deepspeed, f"{exp.where('runs', name)}: runs.{name}.deepspeed"
+            )
     for name, mix in exp.mixtures.items():
+        where = exp.where("mixtures", name)
+        if mix.doremi is not None and (
+            mix.doremi.deepspeed.endswith(".json") or "/" in mix.doremi.deepspeed
+        ):
+            _relative_under_remote(
+                exp, mix.doremi.deepspeed, f"{where}: mixtures.{name}.doremi.deepspeed"
+            )
         if mix.tokenizer.file:
+            _relative_under_remote(
+                exp, mix.tokenizer.file, f"{where}: mixtures.{name}.tokenizer.file"
+            )
             try:
                 mix.tokenizer.resolve_file(exp.home)
             except ValueError as exc:

@@ -95,7 +95,7 @@ def materialize_corpus_shard(
     check = reconcile(census, written, entries, skipped)
     flags = [q["reason"] for q in entries if q.get("scope") == "file"]
     return {
-        "path": str(out),
+        "path": layout.url(out),
         "raw_file": str(shards[shard]),
         "records": census.records,  # counted in the raw bytes, not by the reader
         "records_unit": census.unit,

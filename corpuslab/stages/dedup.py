@@ -343,7 +343,7 @@ def materialize_dedup_shard(
     t = read_parquet(path)
     status = Counter(t.column("status").to_pylist())
     return {
-        "path": str(path),
+        "path": layout.url(path),
         "documents": t.num_rows,
         "kept": status.get(KEPT, 0),
         "exact_duplicates": status.get(EXACT, 0),

@@ -80,7 +80,7 @@ def materialize_doremi_weights(exp: Experiment, layout: Layout, mixture: str, cl
     for d, w in weights.items():
         client.log_metric(run_id, f"doremi.result.{d}", float(w))
     summary |= {
-        "plot": str(plot),
+        "plot": layout.url(plot),
         "mlflow_run_id": run_id,
         "data_version": digest(ddir / WEIGHTS_FILE),
     }

@@ -87,7 +87,7 @@ def materialize_tokenizer(exp: Experiment, layout: Layout, mixture: str) -> dict
         return {
             "kind": "file",
             "file": str(src),
-            "path": str(path),
+            "path": layout.url(path),
             "vocab_size": tok_lib.vocab_size(tok),
             "eos_token": tdecl.eos_token,
             "eos_id": tok_lib.eos_id(tok, tdecl.eos_token, path),
@@ -118,7 +118,7 @@ def materialize_tokenizer(exp: Experiment, layout: Layout, mixture: str) -> dict
     )
     return {
         "kind": "trained",
-        "path": str(path),
+        "path": layout.url(path),
         "vocab_size": tok_lib.vocab_size(tok),
         "eos_token": tdecl.eos_token,
         "eos_id": tok_lib.eos_id(tok, tdecl.eos_token, path),
@@ -261,7 +261,7 @@ def materialize_mixture(
         "repeated": plan.repeated_domains,
         "over_repeated": plan.over_repeated_domains,
         "heldout_documents": heldout.num_rows,
-        "tokenizer": str(tokenizer_path(exp, layout, mixture)),
+        "tokenizer": layout.url(tokenizer_path(exp, layout, mixture)),
         "encoded_shards": len(cache.encoded),
         "reused_shards": cache.reused,
     }
@@ -326,11 +326,11 @@ def materialize_tokens(
             }
             for d in names
         },
-        "tokenizer": str(tok_path),
+        "tokenizer": layout.url(tok_path),
         "eos_token": eos_tok,
         "encoded_shards": len(cache.encoded),
         "reused_shards": cache.reused,
-        "path": str(tdir),
+        "path": layout.url(tdir),
     }
     write_json(summary, tdir / "summary.json")
     summary["data_version"] = digest(tdir / "train.bin")

@@ -61,7 +61,7 @@ def materialize_pool_shard(
         write_parquet(dropped, layout.dropped_dir(recipe, source) / f"{shard}.parquet")
     check = check_conservation(src, out, dpath)
     return {
-        "path": str(out),
+        "path": layout.url(out),
         "documents_in": check.documents_in,
         "kept": check.kept,
         "dropped": check.dropped,
@@ -138,7 +138,7 @@ def materialize_filtered_shard(
     write_parquet(decisions_table(ids, shard, decided), decisions_path)
     check = check_conservation(src, out, decisions_path)
     return {
-        "path": str(out),
+        "path": layout.url(out),
         "documents_in": check.documents_in,
         "kept": check.kept,
         "dropped": check.dropped,

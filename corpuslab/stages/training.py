@@ -21,8 +21,9 @@ from corpuslab.fileio import digest, read_json, write_json
 from corpuslab.layout import Layout
 from corpuslab.lmdata.tokenfile import TokenFile
 from corpuslab.tracking import redact_uri, set_terminated
+from corpuslab.training import store as run_store
 from corpuslab.training.deepspeed import fill_deepspeed_config
-from corpuslab.training.runspec import DoReMiSpec, InitFrom, RunSpec
+from corpuslab.training.runspec import DoReMiSpec, InitFrom, RunSpec, StoreSpec
 
 # (spec.json path, ranks, environment, extras for the training process) -> its metadata
 Launch = Callable[[Path, int, dict[str, str], dict[str, Any]], Mapping[str, Any]]
@@ -40,8 +41,13 @@ def resumable_mlflow_run(run_dir: Path, spec: RunSpec) -> str | None:
     if not (spec_file.is_file() and ml_file.is_file()) or (run_dir / "summary.json").exists():
         return None
     tracking = ("mlflow_run_id", "mlflow_tracking_uri")  # where it is recorded, not what
-    old = {k: v for k, v in json.loads(spec_file.read_text()).items() if k not in tracking}
-    new = {k: v for k, v in json.loads(spec.model_dump_json()).items() if k not in tracking}
+    # where the files are is not what the run is: another machine's copy of the folder resumes
+    try:
+        saved = RunSpec.model_validate_json(spec_file.read_text()).portable()
+    except ValueError:  # a spec this version cannot read: start over
+        return None
+    old = {k: v for k, v in saved.items() if k not in tracking}
+    new = {k: v for k, v in spec.portable().items() if k not in tracking}
     if old != new:
         return None
     return json.loads(ml_file.read_text())["run_id"]
@@ -77,6 +83,7 @@ def _spec(
         doremi=doremi,
         budget_params=decl.model.budget_params(dims),
         mlflow_tracking_uri=tracking_uri,
+        store=StoreSpec(root=layout.home, remote=layout.remote) if layout.remote else None,
     )
 
 
@@ -284,6 +291,8 @@ def materialize_training(
             "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")]),
             "MLFLOW_TRACKING_URI": tracking_uri,  # not in spec.json: it may hold a password
         }
+        if spec.store is not None:  # the store's copy of the run folder is this one (a new
+            run_store.push_run(spec)  # run replaces an old one there too) before it starts
         metadata = dict(launch(spec_path, ranks, env, {"run": spec.name, "mlflow_run_id": run_id}))
         summary = read_json(run_dir / "summary.json")
         for k in SUMMARY_METRICS:

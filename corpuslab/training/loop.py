@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import collections
 import json
+import logging
 import math
+import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict
@@ -29,6 +31,7 @@ from corpuslab.fileio import atomic_path, write_json
 from corpuslab.lmdata.tokenfile import TokenFile
 from corpuslab.progress import EVERY_S
 from corpuslab.training import checkpoints as ckpt
+from corpuslab.training import store as run_store
 from corpuslab.training.data import BatchSampler, DomainBalancedSampler, get_batch
 from corpuslab.training.deepspeed import (
     comm_backend,
@@ -53,6 +56,8 @@ from corpuslab.training.schedule import get_lr
 from corpuslab.training.tracking import MlflowLogger
 
 Reporter = Callable[[int, dict[str, float]], None]
+log = logging.getLogger(__name__)
+
 CHECKPOINTS = "checkpoints"
 DOREMI_REPORT = "doremi.json"  # a DoReMi proxy's weights, trajectory and per-domain losses
 
@@ -147,6 +152,11 @@ def train(spec: RunSpec, reporter: Reporter | None = None) -> dict[str, Any]:
     skip_cpu_shm_comm_build()
     deepspeed.init_distributed(dist_backend=comm_backend(), verbose=False)
     rank, world = dist.get_rank(), dist.get_world_size()
+    if spec.store is not None:  # an s3:// home: each machine's first rank brings what it reads
+        if int(os.environ.get("LOCAL_RANK", rank)) == 0:
+            got = run_store.pull_inputs(spec)
+            log.info("run %s: %s", spec.name, got.describe("pulled"))
+        dist.barrier()
 
     data = TokenFile.open(spec.tokens_dir)
     mc = spec.model
@@ -219,6 +229,9 @@ def train(spec: RunSpec, reporter: Reporter | None = None) -> dict[str, Any]:
     accum = plan.grad_accum_steps
     peak, peak_source = peak_flops_per_device(tc)
     tracker = MlflowLogger(spec.mlflow_tracking_uri, spec.mlflow_run_id) if rank == 0 else None
+    uploader = None
+    if rank == 0 and spec.store is not None:
+        uploader = run_store.CheckpointUploader(spec)
     last_saved = start_step if resume_tag is not None else -1
 
     def save(step: int) -> dict[str, torch.Tensor]:
@@ -239,9 +252,14 @@ def train(spec: RunSpec, reporter: Reporter | None = None) -> dict[str, Any]:
             },
         }
         info = {"step": step, "fingerprint": fingerprint, "spec": spec.model_dump(mode="json")}
-        return ckpt.save_checkpoint(
+        if uploader is not None:  # one push in flight: it never sees a save or a rotation
+            uploader.wait()
+        state = ckpt.save_checkpoint(
             engine, ckpt_dir, step, client_state, rank_state, info, keep=tc.keep_checkpoints
         )
+        if uploader is not None:  # the store gets the checkpoint while training goes on
+            uploader.submit()
+        return state
 
     engine.train()
     loss_value = window[-1] if window else float("nan")
@@ -348,6 +366,8 @@ def train(spec: RunSpec, reporter: Reporter | None = None) -> dict[str, Any]:
     finally:
         if tracker is not None:
             tracker.close()
+        if uploader is not None:  # a failing run still leaves its last checkpoint in the store
+            uploader.wait(raise_errors=False)
 
     if final_state is None:  # resumed from the final checkpoint: nothing left to train
         final_state = torch.load(
@@ -385,6 +405,9 @@ def train(spec: RunSpec, reporter: Reporter | None = None) -> dict[str, Any]:
         if dro is not None:
             write_json(dro.report(), out / DOREMI_REPORT)
         _finish(spec, out, ckpt_dir, final_state, data, n_train, summary)
+        if uploader is not None:  # final weights, then summary.json: the run is done
+            uploader.submit()
+            uploader.wait()
     dist.barrier()
     return summary
 

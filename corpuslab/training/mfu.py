@@ -98,8 +98,9 @@ def cpu_theoretical_peak(threads: int) -> tuple[float, str]:
 
 
 def _cache_dir() -> Path:
-    root = os.environ.get("CORPUSLAB_CACHE") or os.environ.get("XDG_CACHE_HOME")
-    return Path(root) / "corpuslab" if root else Path.home() / ".cache" / "corpuslab"
+    from corpuslab.layout import cache_root
+
+    return cache_root()
 
 
 def _cpu_model() -> str:

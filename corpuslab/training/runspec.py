@@ -16,7 +16,9 @@ give a somewhat smaller :class:`~corpuslab.model.GPT` here. Tokens for "1x" are 
 
 from __future__ import annotations
 
+import json
 import math
+import os
 from pathlib import Path
 from typing import Any, Literal
 
@@ -318,6 +320,24 @@ class DoReMiSpec(GroupDROParams):
     )
 
 
+class StoreSpec(Strict):
+    """Where the run folder is mirrored: an ``s3://`` home whose working copy is ``root``.
+
+    Rank 0 pushes each checkpoint there as it completes (:mod:`corpuslab.training.store`).
+    No credentials: the training process reaches the store with the standard AWS settings of
+    its environment (``AWS_ENDPOINT_URL``, ``AWS_REGION``, the credential chain), as MLflow's S3
+    artifact store does.
+    """
+
+    root: Path = Field(description="the home's local working copy; out_dir lies below it")
+    remote: str = Field(description="the s3://bucket/prefix home")
+
+
+# Where files are, not what the run is: the same run resumes from another machine's copy of
+# its folder (their contents are in the resume fingerprint: token meta, filled DeepSpeed config).
+LOCATION_FIELDS = frozenset({"tokens_dir", "out_dir", "deepspeed_config", "store"})
+
+
 class RunSpec(Strict):
     """Everything one training process needs; written as JSON and passed to the entry point."""
 
@@ -337,6 +357,17 @@ class RunSpec(Strict):
     )
     mlflow_tracking_uri: str | None = None
     mlflow_run_id: str | None = None  # an existing run to log into; runs are never created here
+    store: StoreSpec | None = None  # an s3:// home: checkpoints pushed there as they complete
+
+    def portable(self) -> dict[str, Any]:
+        """The spec as JSON without where its files are: :data:`LOCATION_FIELDS` dropped, the
+        runs it reads (``init_from``, DoReMi's reference) relative to ``out_dir``, so the same
+        run in another machine's working copy compares equal."""
+        out = json.loads(self.model_dump_json(exclude=set(LOCATION_FIELDS)))
+        for field, key in (("init_from", "run_dir"), ("doremi", "reference_run_dir")):
+            if out.get(field):
+                out[field][key] = os.path.relpath(out[field][key], self.out_dir)
+        return out
 
 
 class TrainPlan(Strict):
@@ -420,12 +451,13 @@ def resume_fingerprint(
         if k not in RESUME_IGNORED_TRAIN_FIELDS
     }
     ds = {k: v for k, v in deepspeed_config.items() if k not in {"steps_per_print"}}
+    portable = spec.portable()  # the parent's and reference's run folders relative to out_dir
     tree = {
         "model": spec.model.model_dump(mode="json"),
         "train": train,
         "deepspeed": ds,
-        "init_from": spec.init_from.model_dump(mode="json") if spec.init_from else None,
-        "doremi": spec.doremi.model_dump(mode="json") if spec.doremi else None,
+        "init_from": portable.get("init_from"),
+        "doremi": portable.get("doremi"),
         "budget_params": spec.budget_params,
         "tokens": {k: token_meta[k] for k in ("dtype", "seq_len", "n_sequences", "vocab_size")},
         "world_size": world_size,
