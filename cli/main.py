@@ -119,7 +119,23 @@ def cmd_materialize(args: argparse.Namespace) -> int:
         print(
             f"materialized {n} asset(s) in {len(reports)} Dagster run(s) in {time.time() - t0:.0f}s"
         )
+        print(_time_table(reports, args.jobs))
     return _left_over(defs, instance, selection, last[0], bool(reports))
+
+
+def _time_table(reports: list[Any], jobs: int) -> str:
+    """Where the time went: each stage's step count and summed step time."""
+    from cli.materialize import time_by_stage
+
+    rows = time_by_stage(reports)
+    total = sum(sec for _, _, sec in rows)
+    side = f"; up to {jobs} runs side by side" if jobs > 1 else ""
+    lines = [f"time by stage (step time summed over {len(reports)} run(s){side}):"]
+    lines += [
+        f"  {stage:<14} {n:>4} step(s) {sec:>8.1f}s  {100 * sec / total if total else 0:5.1f}%"
+        for stage, n, sec in rows
+    ]
+    return "\n".join(lines)
 
 
 def _left_over(defs: Any, instance: Any, selection: Any, result: Any, ran: bool) -> int:

@@ -19,7 +19,7 @@ import os
 import socket
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,6 +44,7 @@ class RunReport:
     seconds: float
     checks: dict[str, bool] = field(default_factory=dict)  # "asset:check[partition]" -> passed
     error: str = ""
+    steps: list[tuple[list[str], float]] = field(default_factory=list)  # assets, step seconds
 
 
 class MaterializeError(RuntimeError):
@@ -304,7 +305,33 @@ def execute_run(
         time.perf_counter() - t0,
         checks,
         error or ("" if result.success else "run failed"),
+        _step_seconds(result.all_events),
     )
+
+
+def _step_seconds(events: Sequence[dg.DagsterEvent]) -> list[tuple[list[str], float]]:
+    """Each step's materialized assets (several for dbt's) and duration, from the run's events."""
+    assets: dict[str, list[str]] = defaultdict(list)
+    for e in events:
+        if e.is_step_materialization and e.asset_key is not None and e.step_key is not None:
+            assets[e.step_key].append(e.asset_key.to_user_string())
+    steps = []
+    for e in events:
+        ms = getattr(e.event_specific_data, "duration_ms", None)  # StepSuccessData's
+        if e.is_step_success and e.step_key in assets and ms is not None:
+            steps.append((sorted(assets[e.step_key]), ms / 1000))
+    return steps
+
+
+def time_by_stage(reports: Sequence[RunReport]) -> list[tuple[str, int, float]]:
+    """(stage, steps, seconds) summed over every run's steps, the slowest stage first: where
+    the time of a materialization went (with ``--jobs`` > 1 the sum exceeds the wall time)."""
+    totals: dict[str, list[float]] = {}
+    for report in reports:
+        for assets, sec in report.steps:
+            totals.setdefault(assets[0].split("/")[0], []).append(sec)
+    rows = [(stage, len(secs), sum(secs)) for stage, secs in totals.items()]
+    return sorted(rows, key=lambda row: -row[2])
 
 
 def _worker_run(

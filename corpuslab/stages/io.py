@@ -272,6 +272,8 @@ def stage_io(
         return StageIO(inputs=tuple(inputs), outputs=(_folder(layout, layout.evalset_dir(suite)),))
     if stage == "compare":
         (study,) = names
+        if study not in exp.studies:
+            raise KeyError(f"no study {study!r} declared; declared: {sorted(exp.studies)}")
         decl = exp.studies[study]
         evals = (
             _file(layout, layout.eval_dir(run, seed) / "eval.json")

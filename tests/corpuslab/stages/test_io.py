@@ -35,7 +35,9 @@ def test_every_asset_of_the_code_location_declares_what_it_reads_and_writes() ->
 
 def test_an_unknown_asset_is_refused_by_name(tmp_path: Path) -> None:
     exp = load_experiment(write_experiment(tmp_path / "exp"), home=tmp_path / "home")
-    with pytest.raises(KeyError, match="compare/study.*corpuslab/stages/io.py"):
+    with pytest.raises(KeyError, match="nonesuch/x.*corpuslab/stages/io.py"):
+        io.stage_io(exp, Layout(tmp_path / "home"), ["nonesuch", "x"])
+    with pytest.raises(KeyError, match="no study 'study'.*tiny_study"):
         io.stage_io(exp, Layout(tmp_path / "home"), ["compare", "study"])
     with pytest.raises(ValueError, match="per shard"):
         io.stage_io(exp, Layout(tmp_path / "home"), ["pool", "lenient", "code"])
@@ -80,8 +82,12 @@ def test_stage_lists_name_their_reads(tmp_path: Path) -> None:
     assert "doremi/dro/weights.json" in of("mixture", "dro").inputs
     # mixtures sharing a tokenizer share its encoded cache, and write it back
     assert "data/encoded/tokenizer=small/recipe=lenient/" in of("tokens", "entropic").outputs
-    ev = of("eval", "smoke")
-    assert "runs/smoke/model_lawa.pt" in ev.inputs and "runs/smoke/checkpoints/" not in ev.inputs
+    ev = of("eval", "smoke")  # eval_every: its trajectory scores the checkpoints
+    assert {"runs/smoke/model_lawa.pt", "runs/smoke/checkpoints/"} <= set(ev.inputs)
+    seeded = of("eval", "smoke_b", "seed1")  # no trajectory: final weights only
+    assert "runs/smoke_b/seed1/model.pt" in seeded.inputs
+    assert not any("checkpoints" in p for p in seeded.inputs)
+    assert seeded.outputs == ("data/eval/run=smoke_b/seed=1/",)
     assert of("stats", "stage_counts").outputs == ("stats.duckdb",)
 
 
