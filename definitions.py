@@ -5,6 +5,7 @@ the experiment is ``$CORPUSLAB_EXPERIMENTS`` or ``experiments/``.
 """
 
 import contextlib
+import warnings
 from pathlib import Path
 
 import dagster as dg
@@ -14,6 +15,11 @@ from assets import compare, corpus, evaluation, mixture, pool, stats, training
 from corpuslab.declarations import load_experiment
 from jobs import automation
 from resources import environments
+
+# backfill_policy and the automation conditions are Dagster beta/preview APIs, used on purpose;
+# set here (not only in the CLI) so worker processes and `dagster dev` do not print one a decorator
+warnings.filterwarnings("ignore", category=dg.BetaWarning)
+warnings.filterwarnings("ignore", category=dg.PreviewWarning)
 
 
 def build(
