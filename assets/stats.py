@@ -10,10 +10,15 @@ import dagster as dg
 from dagster_dbt import DagsterDbtTranslator, DbtCliResource, DbtProject, dbt_assets
 
 from assets.common import assets_of
+from corpuslab.fileio import exclusive
 from corpuslab.layout import HOME_ENV
 from jobs.automation import condition_for
 from resources.dbt import dbt_project
 from resources.home import CorpuslabHome
+
+# stats.duckdb has one writer at a time: Dagster's pool (a run queue with pool limits honours
+# it; `corpuslab materialize` puts assets sharing a pool in one run) and a file lock besides
+STATS_POOL = "corpuslab_stats_duckdb"
 
 
 class CorpuslabDbtTranslator(DagsterDbtTranslator):
@@ -71,11 +76,16 @@ def build_dbt_assets(keys_by_stage: Mapping[str, Sequence[dg.AssetKey]]) -> dg.A
         project=project,
         dagster_dbt_translator=CorpuslabDbtTranslator(keys_by_stage),
         name="corpus_stats",
+        pool=STATS_POOL,
     )
     def _corpus_stats(
         context: dg.AssetExecutionContext, dbt: DbtCliResource, home: CorpuslabHome
     ) -> Any:
-        with home.staged(None, STATS) as layout, _environ(HOME_ENV, str(layout.home)):
+        with (
+            home.staged(None, STATS) as layout,
+            exclusive(layout.duckdb_path.with_name(".stats.lock")),  # one DuckDB writer at a time
+            _environ(HOME_ENV, str(layout.home)),
+        ):
             yield from dbt.cli(["build"], context=context).stream()  # on the local copy
 
     return _corpus_stats

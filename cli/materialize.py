@@ -194,8 +194,9 @@ def split_ready(graph: Any, units: set[Unit]) -> tuple[set[Unit], set[Unit]]:
 def group_runs(graph: Any, units: set[Unit]) -> list[tuple[str | None, list[dg.AssetKey]]]:
     """Runs for a tick's requests: one per shard key, one per independent group of the rest.
 
-    Two global assets are independent when neither is upstream of the other; dependent ones
-    share a run, where Dagster orders their steps.
+    Two global assets are independent when neither is upstream of the other and they share no
+    Dagster pool (a resource one writer at a time, e.g. ``stats.duckdb``); the others share a
+    run, where Dagster orders their steps.
     """
     by_partition: dict[tuple[str, str], list[dg.AssetKey]] = defaultdict(list)
     globals_: list[dg.AssetKey] = []
@@ -250,6 +251,8 @@ def _ancestors(graph: Any, key: dg.AssetKey) -> set[dg.AssetKey]:
 
 
 def _connected(graph: Any, a: dg.AssetKey, b: dg.AssetKey) -> bool:
+    if set(graph.get(a).pools or ()) & set(graph.get(b).pools or ()):
+        return True
     return b in _ancestors(graph, a) or a in _ancestors(graph, b)
 
 

@@ -12,10 +12,8 @@ Decisions about indexed shards never change: a new shard can only drop its own d
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 from collections import Counter
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,7 +28,7 @@ from corpuslab.dedup import DedupParams
 from corpuslab.dedup.banded import SignatureShard, banded_components
 from corpuslab.dedup.incremental import EXACT, KEPT, Index, decide
 from corpuslab.dedup.lsh import Components
-from corpuslab.fileio import atomic_path, digest, read_parquet, write_json
+from corpuslab.fileio import atomic_path, digest, exclusive, read_parquet, write_json
 from corpuslab.layout import Layout
 from corpuslab.progress import Progress
 from corpuslab.stages.common import KEY_SEP, SHOWN_IDS, doc_key, split_key
@@ -94,16 +92,9 @@ def _read_stamp(path: Path) -> dict[str, str]:
     return json.loads(meta.get(META, b"{}"))
 
 
-@contextlib.contextmanager
-def _locked(folder: Path) -> Iterator[None]:
+def _locked(folder: Path) -> contextlib.AbstractContextManager[None]:
     """One dedup batch of a recipe at a time (parallel runs would race on the index)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / ".lock", "w") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+    return exclusive(folder / ".lock")
 
 
 def _params_fingerprint(exp: Experiment, recipe: str) -> str:
