@@ -174,7 +174,10 @@ def evaluate_domains(
     ``weights="model_lawa.pt"`` scores the checkpoint average instead of the final weights.
     """
     model = load_model(run_dir, weights=weights)
-    progress = Progress(f"eval {Path(run_dir).name} ({weights})", len(heldout), "domains")
+    path = Path(run_dir)  # runs/<run> or runs/<run>/seed<k>
+    seeded = path.name.startswith("seed") and path.name[4:].isdigit()
+    name = f"{path.parent.name}/{path.name}" if seeded else path.name
+    progress = Progress(f"eval {name} ({weights})", len(heldout), "domains")
     out = {}
     for domain, texts in heldout.items():
         out[domain] = bits_per_byte(model, tokenizer_path, texts, seq_len, batch_size)

@@ -107,7 +107,12 @@ def decision(c: Comparison, confidence: float) -> dict[str, Any]:
     verdicts = {}
     for run, d in c.differences.items():
         better = (d.value < 0) if c.lower_is_better else (d.value > 0)
-        verb = "ties" if d.value == 0 else ("beats" if better else "trails")
+        if d.value == 0:
+            verb = "ties"
+        elif d.significant:
+            verb = "beats" if better else "trails"
+        else:  # no winner is named without a significant difference
+            verb = "scores above" if better else "scores below"
         text = (
             f"{run} {verb} {c.baseline} on {c.metric} ({direction} is better): difference "
             f"{_fmt(d.value)}, {pct} interval [{_fmt(d.low)}, {_fmt(d.high)}], flip probability "
