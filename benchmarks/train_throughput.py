@@ -57,9 +57,9 @@ def build_tokens(root: Path) -> Path:
     from pydoc_data.topics import topics
 
     import numpy as np
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
     from corpuslab.lmdata.tokenfile import write_token_file
+    from corpuslab.lmdata.tokenize import EOS, train_tokenizer
 
     texts = [topics[k] for k in sorted(topics)]
     for name in sorted(_sys.stdlib_module_names):
@@ -74,18 +74,8 @@ def build_tokens(root: Path) -> Path:
         doc = pydoc.getdoc(module)
         if len(doc) > 200:
             texts.append(doc)
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=VOCAB,
-        special_tokens=["<|endoftext|>"],
-        show_progress=False,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-    )
-    tok.train_from_iterator(texts, trainer)
-    tok.save(str(root / "tokenizer.json"))
-    eos = tok.token_to_id("<|endoftext|>")
+    tok = train_tokenizer(texts, VOCAB, 0, root / "tokenizer.json")
+    eos = tok.token_to_id(EOS)
     ids = [i for enc in tok.encode_batch(texts) for i in [*enc.ids, eos]]
     n = len(ids) // (SEQ_LEN + 1)
     rows = np.array(ids[: n * (SEQ_LEN + 1)]).reshape(n, SEQ_LEN + 1)

@@ -169,15 +169,21 @@ def requested_units(result: dg.EvaluateAutomationConditionsResult, keys: Iterabl
     return units
 
 
-def _descendants(graph: Any, keys: Iterable[dg.AssetKey]) -> set[dg.AssetKey]:
+def _reach(graph: Any, keys: Iterable[dg.AssetKey], edges: str) -> set[dg.AssetKey]:
+    """Every asset reached from ``keys`` (not themselves) along ``edges``: ``"child_keys"``
+    (descendants) or ``"parent_keys"`` (ancestors)."""
     seen: set[dg.AssetKey] = set()
-    todo = [c for k in keys for c in graph.get(k).child_keys]
+    todo = [n for k in keys for n in getattr(graph.get(k), edges)]
     while todo:
-        child = todo.pop()
-        if child not in seen:
-            seen.add(child)
-            todo.extend(graph.get(child).child_keys)
+        key = todo.pop()
+        if key not in seen:
+            seen.add(key)
+            todo.extend(getattr(graph.get(key), edges))
     return seen
+
+
+def _descendants(graph: Any, keys: Iterable[dg.AssetKey]) -> set[dg.AssetKey]:
+    return _reach(graph, keys, "child_keys")
 
 
 def split_ready(graph: Any, units: set[Unit]) -> tuple[set[Unit], set[Unit]]:
@@ -240,14 +246,7 @@ def order_runs(
 
 
 def _ancestors(graph: Any, key: dg.AssetKey) -> set[dg.AssetKey]:
-    seen: set[dg.AssetKey] = set()
-    todo = list(graph.get(key).parent_keys)
-    while todo:
-        parent = todo.pop()
-        if parent not in seen:
-            seen.add(parent)
-            todo.extend(graph.get(parent).parent_keys)
-    return seen
+    return _reach(graph, [key], "parent_keys")
 
 
 def _connected(graph: Any, a: dg.AssetKey, b: dg.AssetKey) -> bool:

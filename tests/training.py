@@ -28,22 +28,12 @@ VOCAB = 512
 
 def build_token_file(root: Path, seq_len: int = SEQ_LEN, vocab: int = VOCAB) -> Path:
     """Python's help topics, BPE-encoded, EOS after each document, rows shuffled; 2 domains."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-
     from corpuslab.lmdata.tokenfile import write_token_file
+    from corpuslab.lmdata.tokenize import EOS, train_tokenizer
 
     texts = [topics[k] for k in sorted(topics)]
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab,
-        special_tokens=["<|endoftext|>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-    )
-    tok.train_from_iterator(texts, trainer)
-    tok.save(str(root / "tokenizer.json"))
-    eos = tok.token_to_id("<|endoftext|>")
+    tok = train_tokenizer(texts, vocab, 0, root / "tokenizer.json")
+    eos = tok.token_to_id(EOS)
     ids = [i for enc in tok.encode_batch(texts) for i in [*enc.ids, eos]]
     n = len(ids) // (seq_len + 1)
     rows = np.array(ids[: n * (seq_len + 1)]).reshape(n, seq_len + 1)

@@ -8,9 +8,8 @@ from pydoc_data.topics import topics  # Python's own help text: real prose, alwa
 
 import pytest
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-from corpuslab.lmdata.tokenize import EOS
+from corpuslab.lmdata.tokenize import train_tokenizer
 from corpuslab.training.model import GPT, GPTConfig
 
 
@@ -26,18 +25,8 @@ def one_thread() -> Iterator[None]:
 @pytest.fixture(scope="session")
 def tokenizer_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A byte-level BPE (512 ids, ``<|endoftext|>`` included) trained on the help topics."""
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=512,
-        special_tokens=[EOS],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tok.train_from_iterator([topics[k] for k in sorted(topics)], trainer)
     path = tmp_path_factory.mktemp("tok") / "tokenizer.json"
-    tok.save(str(path))
+    train_tokenizer([topics[k] for k in sorted(topics)], 512, 0, path)
     return path
 
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
 from pydoc_data.topics import topics  # Python's own help text: real prose, always installed
@@ -38,15 +37,6 @@ def train_bpe(texts: list[str], path: Path, special: list[str]) -> Tokenizer:
     tok.train_from_iterator(texts, trainer)
     tok.save(str(path))
     return tok
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    """Small models run as fast on one thread, and a busy machine does not stall them."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

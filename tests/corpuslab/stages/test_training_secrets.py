@@ -23,10 +23,10 @@ from pydoc_data.topics import topics
 
 import numpy as np
 import pytest
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from corpuslab.ingest.storage import S3Options
 from corpuslab.lmdata.tokenfile import write_token_file
+from corpuslab.lmdata.tokenize import EOS, train_tokenizer
 from corpuslab.stages.training import materialize_training
 from corpuslab.tracking import redact_uri
 from corpuslab.training.runspec import ModelDims, RunSpec, TrainConfig
@@ -97,17 +97,8 @@ def mlflow_server(root: Path) -> Iterator[str]:
 
 def _tokens(root: Path) -> Path:
     texts = [topics[k] for k in sorted(topics)[:40]]
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=300,
-        special_tokens=["<|endoftext|>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-    )
-    tok.train_from_iterator(texts, trainer)
-    tok.save(str(root / "tokenizer.json"))
-    eos = tok.token_to_id("<|endoftext|>")
+    tok = train_tokenizer(texts, 300, 0, root / "tokenizer.json")
+    eos = tok.token_to_id(EOS)
     ids = [i for enc in tok.encode_batch(texts) for i in [*enc.ids, eos]]
     n = len(ids) // 33
     rows = np.array(ids[: n * 33]).reshape(n, 33)
