@@ -4,7 +4,7 @@ datatrove splits words with spaCy's blank English tokenizer (whitespace, then pr
 suffixes, infixes, URLs and special cases such as "don't" -> "do", "n't"). The rules below are
 spaCy's (spacy/lang/punctuation.py, char_classes.py, en/tokenizer_exceptions.py, MIT licence),
 rewritten for Python's ``re``; the letter classes come from ``unicodedata`` instead of spaCy's
-hand-listed ranges. One coherent piece (about 600 lines): the tables, the splitter and its
+hand-listed ranges. One coherent piece (about 700 lines): the tables, the splitter and its
 caches belong together, and every Gopher/C4 rule reads words through it.
 """
 
