@@ -244,8 +244,13 @@ def _description(meta: Any) -> str:
     return (text or "").strip()
 
 
+# corpuslab's own description is its README: edited with every docs change, it would change the
+# demo corpus (and every result downstream) without any change to code or declarations
+OWN_DISTRIBUTION = "corpuslab"
+
+
 def package_records() -> Iterator[Record]:
-    """One document per installed distribution: its long description from ``METADATA``."""
+    """One document per installed distribution (but corpuslab itself): its long description."""
     by_name: dict[str, Record] = {}
     dists = sorted(
         importlib.metadata.distributions(),
@@ -256,7 +261,7 @@ def package_records() -> Iterator[Record]:
         meta = cast(email.message.Message, dist.metadata)
         name = re.sub(r"[-_.]+", "-", str(meta["Name"] or "")).lower()
         text = _description(meta)
-        if not name or name in by_name or len(text) < MIN_PACKAGE_CHARS:
+        if not name or name == OWN_DISTRIBUTION or name in by_name or len(text) < MIN_PACKAGE_CHARS:
             continue
         by_name[name] = {
             "id": f"packages/{name}",

@@ -99,3 +99,14 @@ def test_cli_prints_summary(tmp_path, capsys):
     assert line.startswith("reference") and " 4 docs" in line
     assert [p.name for p in tmp_path.iterdir()] == ["reference"]
     assert sorted(p.name for p in (tmp_path / "reference").iterdir())[0] == ".corpuslab-demo.json"
+
+
+def test_the_packages_source_leaves_out_corpuslab_itself() -> None:
+    """corpuslab's own description is its README: a docs edit must not change the demo corpus."""
+    import importlib.metadata
+
+    from corpuslab.ingest.democorpus import package_records
+
+    assert importlib.metadata.distribution("corpuslab").metadata["Name"] == "corpuslab"
+    names = {r["package"] for r in package_records()}
+    assert names and "corpuslab" not in names
